@@ -1,0 +1,1 @@
+"""Denoising diffusion probabilistic models: the companion package of the thesis."""

@@ -1,0 +1,335 @@
+"""The command line: ``python -m diffusion train | sample | evaluate | info`` (console script ``ddpm``).
+
+- ``train --config configs/mnist5k.yaml [--set k=v ...] [--out runs/x] [--resume] [--data-root P]
+  [--steps N] [--device cpu|cuda]``: trains with :class:`diffusion.train.Trainer` (progress bar, metrics log,
+  checkpoints; Ctrl-C or SIGTERM saves a checkpoint and exits; ``--resume`` continues exactly).
+  Under ``torchrun --nproc_per_node=N -m diffusion train ...`` it trains with DistributedDataParallel.
+- ``sample --ckpt RUN_OR_FILE --sampler ancestral|ddim|dpmpp2m --steps N --eta E --guidance-scale W
+  --classes 0,1,2 --num N --seed S --out grid.png``: a PNG grid and an ``.npz`` beside it (EMA weights).
+- ``evaluate --ckpt ... --metrics fid,is,cfd,accuracy,bpd,nn --num-samples N``: calls
+  :func:`diffusion.metrics.evaluate.evaluate` and writes its JSON.
+- ``info --config configs/cifar10.yaml``: the U-Net by stage, parameter counts (without and with the class
+  embedding) and FLOPs per image.
+
+Bad input (unknown option, bad value, missing file or dataset, unusable checkpoint) prints one message to
+stderr and exits with status 2, never a traceback. A NaN loss exits with status 1; an interrupted training
+with 128 + the signal number (130 for Ctrl-C, 143 for SIGTERM) after saving its checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import types
+from pathlib import Path
+
+__all__ = ["DATASET_SHAPES", "build_parser", "data_standin", "load_trained", "main"]
+
+SAMPLERS = ("ancestral", "ddim", "dpmpp2m")
+
+
+class UsageError(ValueError):
+    """Bad command-line input detected after parsing."""
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _class_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated class indices like 0,1,2, got {text!r}") from None
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated non-negative class indices, got {text!r}")
+    return values
+
+
+def _existing_file(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"file {text!r} does not exist")
+    return path
+
+
+def _device(text: str):
+    from diffusion.train import resolve_device
+
+    try:
+        return resolve_device(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+# (channels, image size, number of classes) of each dataset of diffusion.data, so that `info` can build a
+# config's model without the dataset on disk.
+DATASET_SHAPES = {"mnist5k": (1, 32, 10), "cifar10": (3, 32, 10), "cifar10-jpeg": (3, 32, 10),
+                  "celeba64": (3, 64, 0), "celeba-6k": (3, 64, 0)}
+
+
+def data_standin(channels: int, image_size: int, num_classes: int):
+    """What ``build_model`` needs of a dataset (channels, image size, classes), without its pixels."""
+    return types.SimpleNamespace(channels=int(channels), image_size=int(image_size), num_classes=int(num_classes))
+
+
+def load_trained(ckpt: str | Path, device=None, use_ema: bool = True):
+    """Model (EMA weights unless ``use_ema=False``, eval mode), diffusion, config and checkpoint of a
+    trained run; ``ckpt`` is a checkpoint file or a run folder (its newest checkpoint)."""
+    from diffusion.checkpoint import CheckpointError, load_checkpoint
+    from diffusion.config import build_diffusion, build_model, config_from_dict
+    from diffusion.train import resolve_device
+
+    device = resolve_device(device)
+    state = load_checkpoint(ckpt, map_location=device)
+    try:
+        cfg = config_from_dict(state["config"])
+        info = state["data"]
+        model = build_model(cfg, data_standin(info["channels"], info["image_size"], info["num_classes"])).to(device)
+        weights = state["ema"]["module"] if use_ema else state["model"]
+        model.load_state_dict(weights)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"checkpoint {ckpt} cannot be rebuilt into a model: "
+                              f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    return model.eval(), build_diffusion(cfg), cfg, state
+
+
+# ---------------------------------------------------------------------------------------------------- commands
+def _cmd_train(args) -> int:
+    from diffusion.config import load_config
+    from diffusion.distributed import destroy
+    from diffusion.train import Trainer
+
+    cfg = load_config(args.config, args.set or ())
+    if args.data_root is not None:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(args.data_root)))
+    if args.steps is not None:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, total_steps=args.steps))
+    compile_mode = {None: None, "off": False, "model": "model", "step": "step"}[args.compile]
+    try:
+        trainer = Trainer(cfg, out_dir=args.out, device=args.device, resume=args.resume,
+                          progress=not args.no_progress, compile=compile_mode)
+        result = trainer.train()
+    finally:
+        destroy()
+    if trainer.is_main:
+        print(json.dumps({k: result[k] for k in ("step", "loss", "ema_loss", "wall_time_s", "images_per_s",
+                                                   "interrupted", "checkpoint", "out_dir")}))
+    if result["interrupted"]:
+        import signal
+
+        return 128 + int(getattr(signal, result["interrupted"]))
+    return 0
+
+
+def _cmd_sample(args) -> int:
+    import torch
+
+    from diffusion.samplers import sample
+    from diffusion.train import save_sample_grid
+
+    model, diffusion, cfg, state = load_trained(args.ckpt, args.device, use_ema=not args.raw)
+    device = next(model.parameters()).device
+    num_classes = model.num_classes
+    null_class = num_classes if cfg.model.class_cond else None
+    labels = None
+    if args.classes is not None:
+        if null_class is None:
+            raise UsageError("--classes needs a class-conditional model; this checkpoint is unconditional")
+        bad = [c for c in args.classes if c > num_classes]
+        if bad:
+            raise UsageError(f"--classes must lie in [0, {num_classes}] ({num_classes} is the null token ∅), "
+                             f"got {bad}")
+        labels = torch.tensor([args.classes[i % len(args.classes)] for i in range(args.num)], device=device)
+    if args.guidance_scale is not None and labels is None:
+        raise UsageError("--guidance-scale needs --classes (classifier-free guidance steers towards a class)")
+    steps = args.steps
+    if steps is not None and steps > diffusion.num_timesteps:
+        raise UsageError(f"--steps must lie in [1, {diffusion.num_timesteps}] (T), got {steps}")
+    c, s = model.in_channels, model.image_size
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    chunks = []
+    for lo in range(0, args.num, args.batch_size):
+        hi = min(args.num, lo + args.batch_size)
+        chunks.append(sample(diffusion, model, (hi - lo, c, s, s), sampler=args.sampler, steps=steps, eta=args.eta,
+                             guidance_scale=args.guidance_scale, y=None if labels is None else labels[lo:hi],
+                             null_class=null_class, generator=gen, progress=True, device=device).cpu())
+    images = torch.cat(chunks)
+    nrow = len(args.classes) if args.classes is not None and len(args.classes) <= 16 else None
+    png, npz = save_sample_grid(
+        images, args.out, labels=labels, nrow=nrow, sampler=args.sampler,
+        steps=steps if steps is not None else diffusion.num_timesteps, eta=args.eta,
+        guidance_scale=float("nan") if args.guidance_scale is None else args.guidance_scale, seed=args.seed,
+        ema=not args.raw, checkpoint_step=int(state["step"]))
+    print(f"wrote {png} and {npz}")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from diffusion.metrics.evaluate import evaluate
+
+    result = evaluate(ckpt=args.ckpt, metrics=args.metrics, num_samples=args.num_samples, sampler=args.sampler,
+                      steps=args.steps, eta=args.eta, guidance_scale=args.guidance_scale, seed=args.seed,
+                      batch_size=args.batch_size, device=args.device, data_root=args.data_root, out=args.out)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _cmd_info(args) -> int:
+    from diffusion.config import build_model, load_config
+    from diffusion.model_info import count_parameters, describe_unet, flops_per_image
+
+    cfg = load_config(args.config, args.set or ())
+    if cfg.data.name not in DATASET_SHAPES:
+        raise UsageError(f"data.name must be one of {', '.join(DATASET_SHAPES)} for info, got {cfg.data.name!r}")
+    standin = data_standin(*DATASET_SHAPES[cfg.data.name])
+    variants = {}
+    for cond in (False, True):
+        c = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, class_cond=cond))
+        variants[cond] = build_model(c, standin)
+    model = variants[cfg.model.class_cond]
+    size, channels = standin.image_size, standin.channels
+    rows = describe_unet(model, size, channels)
+    print(f"U-Net of {args.config} (dataset {cfg.data.name}: {channels}×{size}×{size}, "
+          f"{'class-conditional' if cfg.model.class_cond else 'unconditional'})")
+    header = f"{'stage':<22}{'kind':<34}{'res':>5}{'in':>7}{'out':>7}{'parameters':>14}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        res = "" if r["resolution"] is None else str(r["resolution"])
+        cin = "" if r["in_channels"] is None else str(r["in_channels"])
+        print(f"{r['name']:<22}{r['kind']:<34}{res:>5}{cin:>7}{r['out_channels']:>7}{r['parameters']:>14,}")
+    print()
+    print(f"parameters without class embedding: {count_parameters(variants[False]):,}")
+    k = standin.num_classes
+    if k:
+        print(f"parameters with class embedding ({k}+1 rows, MLP_y): {count_parameters(variants[True]):,}")
+    else:
+        print("parameters with class embedding: n/a (the dataset has no classes)")
+    if not args.no_flops:
+        flops = flops_per_image(model, size, channels)
+        print(f"FLOPs per image (one forward pass of ε_θ): {flops:,} ({flops / 1e9:.2f} GFLOPs)")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m diffusion",
+        description="Denoising diffusion probabilistic models (the thesis companion): train, sample, "
+                    "evaluate, inspect.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,evaluate,info}")
+
+    p = sub.add_parser("train", help="train a model from a YAML config",
+                       description="Train ε_θ with L_simple (algorithm 1). Ctrl-C/SIGTERM saves a checkpoint; "
+                                   "--resume continues exactly. Under torchrun: DistributedDataParallel.")
+    p.add_argument("--config", required=True, type=_existing_file, help="YAML config, e.g. configs/mnist5k.yaml")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set model.ch=64 (repeatable)")
+    p.add_argument("--out", type=Path, default=None, help="run folder (default runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--data-root", type=Path, default=None,
+                   help="folder holding the datasets (default $DDPM_DATA_ROOT, else <repo>/data)")
+    p.add_argument("--steps", type=_positive_int, default=None, help="total training steps (train.total_steps)")
+    p.add_argument("--device", type=_device, default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--compile", choices=("off", "model", "step"), default=None,
+                   help="torch.compile: off, the model, or the whole step (default: train.compile)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("sample", help="sample a PNG grid (and .npz) from a checkpoint",
+                       description="Draw samples from a trained model (EMA weights) and save a PNG grid and an "
+                                   ".npz (uint8 images, labels, settings) beside it.")
+    p.add_argument("--ckpt", required=True, type=Path, help="checkpoint file or run folder (newest checkpoint)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="sampler (default ddim)")
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help="sampling steps (default: all T for ancestral; required in spirit for ddim/dpmpp2m)")
+    p.add_argument("--eta", type=_float, default=0.0, help="DDIM η (0: deterministic)")
+    p.add_argument("--guidance-scale", type=_float, default=None,
+                   help="classifier-free guidance scale w (eq. 18); needs --classes")
+    p.add_argument("--classes", type=_class_list, default=None,
+                   help="class labels, comma-separated (cycled over the samples; grid columns are classes)")
+    p.add_argument("--num", type=_positive_int, default=64, help="number of samples (default 64)")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="noise seed (default 0)")
+    p.add_argument("--batch-size", type=_positive_int, default=256, help="samples per batch (default 256)")
+    p.add_argument("--out", type=Path, default=Path("samples.png"), help="PNG path (the .npz goes beside it)")
+    p.add_argument("--device", type=_device, default=None, help="cpu or cuda")
+    p.add_argument("--raw", action="store_true", help="use the raw (non-EMA) weights")
+    p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("evaluate", help="compute metrics of a checkpoint",
+                       description="FID / IS (pytorch-fid Inception weights needed), classifier FD, conditional "
+                                   "accuracy, bits/dim, nearest neighbours; writes a JSON.")
+    p.add_argument("--ckpt", required=True, type=Path, help="checkpoint file or run folder")
+    p.add_argument("--metrics", default="cfd,accuracy",
+                   help="comma-separated subset of fid,is,cfd,accuracy,bpd,nn (default cfd,accuracy)")
+    p.add_argument("--num-samples", type=_positive_int, default=1000, help="generated samples (default 1000)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="sampler (default ddim)")
+    p.add_argument("--steps", type=_positive_int, default=50, help="sampling steps (default 50)")
+    p.add_argument("--eta", type=_float, default=0.0, help="DDIM η")
+    p.add_argument("--guidance-scale", type=_float, default=None, help="guidance scale w (conditional models)")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="noise seed")
+    p.add_argument("--batch-size", type=_positive_int, default=256, help="samples per batch")
+    p.add_argument("--data-root", type=Path, default=None, help="dataset folder (default $DDPM_DATA_ROOT)")
+    p.add_argument("--device", type=_device, default=None, help="cpu or cuda")
+    p.add_argument("--out", type=Path, default=None, help="JSON output path")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("info", help="print the U-Net of a config: stages, parameters, FLOPs",
+                       description="Architecture by stage, total parameter count without and with the class "
+                                   "embedding, and FLOPs per image of the config's U-Net.")
+    p.add_argument("--config", required=True, type=_existing_file, help="YAML config, e.g. configs/cifar10.yaml")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
+    p.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
+    p.set_defaults(func=_cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (2 for bad input, with a message on stderr)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from diffusion.checkpoint import CheckpointError
+    from diffusion.train import NonFiniteLossError
+
+    try:
+        return args.func(args)
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError, CheckpointError) as err:
+        print(f"{parser.prog} {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog} {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,234 @@
+"""The experiments of chapter 4 as the notebooks run them: a profile's models, trained once and cached.
+
+A *model spec* (from ``configs/profiles/<profile>.yaml``, ``common.cond`` / ``common.uncond``) names a config
+file and ``--set``-style overrides::
+
+    {"config": "configs/mnist5k.yaml", "set": {"data.name": "mnist5k", "model.class_cond": true}}
+
+:func:`trained_model` trains it through :class:`diffusion.train.Trainer` inside :meth:`Artefacts.cached`
+under the key of notebook ``04_training`` (config, data digest, sources of ``diffusion.train`` and what it
+imports), so notebooks 05 and 06 asking for the same spec get the same run, and a changed input trains anew.
+:func:`generate` samples a trained model and caches the images. :func:`train_toy` trains the 2-D toy model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffusion.report import Artefacts, CacheEntry, repo_root
+
+__all__ = ["TrainedModel", "device", "generate", "load_run_config", "model_spec", "train_toy", "trained_model"]
+
+TRAIN_PRODUCER = "04_training"
+RECIPE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+"""SHA-256 of this file: part of every key below, since the recipes (training loop of the toy, sampling
+batches) live here."""
+STAGE_SAMPLES = 16  # images the trainer samples at each train.sample_every step (EMA weights, fixed noise)
+
+
+def device() -> torch.device:
+    """CUDA when available, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def model_spec(profile: str, which: str, given: dict | None = None) -> dict:
+    """``given`` if not None, else ``common.<which>`` of ``configs/profiles/<profile>.yaml`` (for running
+    a notebook interactively without papermill's parameters)."""
+    if which not in ("cond", "uncond"):
+        raise ValueError(f"which must be 'cond' or 'uncond', got {which!r}")
+    if given is not None:
+        return given
+    import yaml
+
+    prof = yaml.safe_load((repo_root() / "configs" / "profiles" / f"{profile}.yaml").read_text())
+    return prof["common"][which]
+
+
+def _override(key: str, value) -> str:
+    return f"{key}={value if isinstance(value, str) else json.dumps(value)}"
+
+
+def load_run_config(spec: dict):
+    """The :class:`diffusion.config.Config` of a model spec (config path relative to the repository)."""
+    from diffusion.config import load_config
+
+    if not isinstance(spec, dict) or "config" not in spec:
+        raise ValueError(f"spec must be a dict with a 'config' path and optional 'set' overrides, got {spec!r}")
+    path = Path(spec["config"])
+    path = path if path.is_absolute() else repo_root() / path
+    return load_config(path, [_override(k, v) for k, v in (spec.get("set") or {}).items()])
+
+
+@dataclass
+class TrainedModel:
+    """A profile's trained model: EMA and raw weights (eval mode), its diffusion, data and training record."""
+
+    which: str
+    cfg: object
+    model: torch.nn.Module          # EMA weights: what sampling and evaluation use
+    raw_model: torch.nn.Module      # the optimised weights
+    diffusion: object
+    data: object                    # ImageData, train split
+    null_class: int | None
+    entry: CacheEntry
+    summary: dict
+    metrics: list = field(default_factory=list)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.entry.path / "run"
+
+    def stage_samples(self) -> list[tuple[int, np.ndarray]]:
+        """(step, uint8 images N×C×H×W) for every ``train.sample_every`` step, in step order."""
+        out = []
+        for npz in sorted((self.run_dir / "samples").glob("step_*.npz")):
+            with np.load(npz) as z:
+                out.append((int(npz.stem.split("_")[1]), z["images"]))
+        return out
+
+
+def _config_dict(cfg) -> dict:
+    from diffusion.config import config_to_dict
+
+    return config_to_dict(cfg)
+
+
+def trained_model(art: Artefacts, spec: dict, which: str, dev: torch.device | None = None) -> TrainedModel:
+    """Train (or fetch from the cache) the model of ``spec``; ``which`` is ``cond`` or ``uncond``.
+
+    The cache key is 04_training's whatever notebook asks, so 05 and 06 reuse 04's run. The run folder is
+    ``<entry>/run`` (``checkpoints/``, ``metrics.jsonl``, ``samples/step_*.npz``); an interrupted training
+    (the ``full`` profile) resumes from its last checkpoint when the notebook is rerun.
+    """
+    from diffusion.checkpoint import load_checkpoint
+    from diffusion.config import build_diffusion, build_model
+    from diffusion.data import load_dataset
+    from diffusion.model_info import count_parameters
+    from diffusion.train import Trainer
+
+    if which not in ("cond", "uncond"):
+        raise ValueError(f"which must be 'cond' or 'uncond', got {which!r}")
+    dev = dev or device()
+    cfg = load_run_config(spec)
+    data = load_dataset(cfg.data.name, "train", root=cfg.data.root)
+    sample_steps = min(50, cfg.diffusion.num_timesteps)
+
+    def work(folder: Path) -> dict:
+        trainer = Trainer(cfg, data=data, out_dir=folder / "run", device=dev, resume="auto",
+                          sample_num=STAGE_SAMPLES, sample_sampler="ddim", sample_steps=sample_steps)
+        result = trainer.train()
+        if result["interrupted"]:
+            raise KeyboardInterrupt(f"training of the {which} model interrupted at step {result['step']}; "
+                                    "rerun to resume")
+        return {k: result[k] for k in ("step", "loss", "ema_loss", "wall_time_s", "elapsed_s", "images_per_s")} | {
+            "params": count_parameters(trainer.model), "device": str(dev), "dataset": data.label}
+
+    key = {"recipe": RECIPE, "which": which, "config": _config_dict(cfg), "data": data.digest, "stage": [STAGE_SAMPLES, sample_steps]}
+    entry = art.cached(key, work, kind=f"train-{which}", producer=TRAIN_PRODUCER, modules=["diffusion.train"])
+    # checkpoints written before train.py stored torch.__version__ as a plain str hold a TorchVersion (a str)
+    with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
+        state = load_checkpoint(entry.path / "run" / "checkpoints", map_location=dev)
+    model, raw = build_model(cfg, data).to(dev), build_model(cfg, data).to(dev)
+    raw.load_state_dict(state["model"])
+    ema_state = state["ema"]
+    model.load_state_dict(ema_state.get("module", ema_state) if isinstance(ema_state, dict) else ema_state)
+    model.eval(), raw.eval()
+    metrics_path = entry.path / "run" / "metrics.jsonl"
+    metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()] \
+        if metrics_path.is_file() else []
+    null_class = model.num_classes if cfg.model.class_cond else None
+    return TrainedModel(which, cfg, model, raw, build_diffusion(cfg), data, null_class, entry, entry.result, metrics)
+
+
+@torch.no_grad()
+def generate(art: Artefacts, tm: TrainedModel, n: int, *, sampler: str = "ddim", steps: int | None = None,
+             eta: float = 0.0, guidance_scale: float | None = None, y=None, seed: int = 0, batch_size: int = 256,
+             use_ema: bool = True, var_type: str | None = None, tag: str = "samples") -> dict:
+    """``n`` samples of ``tm`` as uint8 N×C×H×W (``images``), their labels (``labels``, −1 if none) and the
+    sampling wall time per image (``seconds_per_image``, of the run that computed them), cached under
+    ``samples`` keyed by the model's cache key and every sampling argument."""
+    from diffusion.metrics.images import to_uint8
+    from diffusion.samplers import sample
+
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    labels = None if y is None else np.asarray(y, dtype=np.int64).reshape(-1)
+    if labels is not None and labels.shape[0] != n:
+        raise ValueError(f"y must hold n={n} labels, got {labels.shape[0]}")
+    diffusion = tm.diffusion
+    if var_type is not None and var_type != tm.cfg.diffusion.var_type:
+        from diffusion.gaussian_diffusion import GaussianDiffusion
+
+        diffusion = GaussianDiffusion(tm.diffusion.betas, tm.diffusion.model_mean_type, var_type, tm.diffusion.loss_type)
+    key = {"recipe": RECIPE, "model": tm.entry.key, "n": n, "sampler": sampler, "steps": steps, "eta": eta, "w": guidance_scale,
+           "y": None if labels is None else labels.tolist(), "seed": seed, "ema": use_ema, "var": var_type,
+           "tag": tag}
+
+    def work(folder: Path) -> dict:
+        model = tm.model if use_ema else tm.raw_model
+        dev = next(model.parameters()).device
+        gen = torch.Generator(device=dev).manual_seed(seed)
+        c, s = model.in_channels, model.image_size
+        out, t0 = [], time.perf_counter()
+        for lo in range(0, n, batch_size):
+            hi = min(n, lo + batch_size)
+            yb = None if labels is None else torch.as_tensor(labels[lo:hi], device=dev)
+            x = sample(diffusion, model, (hi - lo, c, s, s), sampler=sampler, steps=steps, eta=eta,
+                       guidance_scale=guidance_scale, y=yb, null_class=tm.null_class, generator=gen,
+                       progress=n * (steps or diffusion.num_timesteps) > 20000, device=dev)
+            out.append(to_uint8(x).cpu())
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return {"images": torch.cat(out).numpy(), "seconds_per_image": (time.perf_counter() - t0) / n,
+                "labels": labels if labels is not None else np.full(n, -1, dtype=np.int64)}
+
+    return art.cached(key, work, kind=tag, modules=["diffusion.samplers", "diffusion.metrics.images"]).result
+
+
+def train_toy(art: Artefacts, name: str, n_points: int, num_timesteps: int, train_steps: int, batch_size: int,
+              hidden: int, seed: int = 0, lr: float = 1e-3) -> tuple[torch.nn.Module, dict]:
+    """Train :class:`diffusion.toy.ToyMLP` with L_simple (eq. 14) on a 2-D toy set (cached); returns the
+    model (eval mode) and ``{"loss": [...per step...], "wall_time_s": ...}``."""
+    from diffusion.gaussian_diffusion import create_diffusion
+    from diffusion.toy import ToyMLP, make_toy_2d
+
+    def build():
+        torch.manual_seed(seed)
+        return ToyMLP(dim=2, hidden=hidden, num_layers=3, time_dim=32)
+
+    def work(folder: Path) -> dict:
+        from tqdm.auto import tqdm
+
+        x = make_toy_2d(name, n_points, seed=seed)
+        diff = create_diffusion("linear", num_timesteps)
+        model = build()
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, train_steps)
+        gen = torch.Generator().manual_seed(seed + 1)
+        losses, t0 = [], time.perf_counter()
+        for _ in tqdm(range(train_steps), desc="toy training", mininterval=2):
+            idx = torch.randint(0, n_points, (batch_size,), generator=gen)
+            t = torch.randint(0, num_timesteps, (batch_size,), generator=gen)
+            noise = torch.randn(batch_size, 2, generator=gen)
+            loss = diff.training_losses(model, x[idx], t, noise=noise)["loss"].mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+        torch.save(model.state_dict(), folder / "model.pt")
+        return {"loss": np.asarray(losses), "wall_time_s": time.perf_counter() - t0}
+
+    key = {"recipe": RECIPE, "name": name, "n": n_points, "T": num_timesteps, "steps": train_steps, "batch": batch_size,
+           "hidden": hidden, "seed": seed, "lr": lr}
+    entry = art.cached(key, work, kind="toy", modules=["diffusion.toy", "diffusion.gaussian_diffusion"])
+    model = build()
+    model.load_state_dict(torch.load(entry.path / "model.pt", weights_only=True))
+    return model.eval(), entry.result

@@ -1,0 +1,19 @@
+"""Evaluation of trained diffusion models (section 4.1.3 and issue 4).
+
+One concept per module:
+
+- :mod:`.images` — converting samples to the uint8 pixels a saved PNG would hold;
+- :mod:`.cache` — the on-disk cache (``$DDPM_CACHE`` or ``<repo>/cache``) for statistics and classifiers;
+- :mod:`.inception` — pytorch-fid's FID Inception network with the official weights only;
+- :mod:`.fid` — activation statistics, the Fréchet distance, FID and cached reference statistics;
+- :mod:`.inception_score` — the Inception Score from the same network's logits;
+- :mod:`.classifier` — the offline proxy: a small classifier, "classifier FD", conditional accuracy,
+  diversity (never called FID);
+- :mod:`.nll` — negative log-likelihood in bits/dim from the variational bound, eq. (7);
+- :mod:`.neighbours` — pixel-space nearest neighbours (memorisation check, figure 2a);
+- :mod:`.timing` — sampling time per image (table 5);
+- :mod:`.evaluate` — :func:`evaluate`, sampling a model and computing the requested metrics.
+
+Submodules are imported on use (``from diffusion.metrics.fid import fid_from_images``) so that
+importing the package stays cheap.
+"""

@@ -1,0 +1,617 @@
+"""Training of ε_θ with L_simple (algorithm 1, eq. 14): the per-step work, the trainer loop, checkpoints,
+fault handling and multi-GPU (DistributedDataParallel).
+
+One optimiser step (``make_train_step``) is, for each of ``grad_accum`` micro-batches: draw timestep
+indices t ~ Uniform{0, …, T−1} (index t is the thesis's step t+1) and noise ε ~ N(0, I); for a
+class-conditional model replace each label by the null token ∅ with probability ``p_uncond`` (the label
+dropout that classifier-free guidance, eq. 18, needs); L_simple = ‖ε − ε_θ(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t)‖²
+averaged over pixels and the batch (eq. 14, through ``GaussianDiffusion.training_losses``); backward.
+Then clip the gradient norm, take an Adam step and update the EMA of the weights. The step keeps its
+running statistics (loss sums, EMA of the loss, gradient norm, first non-finite step) in tensors on the
+device and never synchronises with the host; they are read every ``log_every`` steps.
+
+Fast path on CUDA (issue 6): bf16 autocast, channels_last, fused Adam, ``torch._foreach`` EMA, optional
+``torch.compile`` of the model (``compile="model"``) or of the whole step (``compile="step"``: the loss
+computation and the update — clip, Adam, EMA, statistics — as two compiled graphs around ``backward``).
+On CPU the run is seeded and deterministic; a run interrupted at step k and resumed from its checkpoint
+gives the same losses step for step as one that was not interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from diffusion import distributed
+from diffusion.checkpoint import (
+    CheckpointError, checkpoint_path, get_rng_state, git_info, latest_checkpoint, load_checkpoint,
+    save_checkpoint, set_rng_state,
+)
+from diffusion.config import build_diffusion, build_model, config_to_dict
+from diffusion.data import InfiniteBatches, load_dataset
+from diffusion.ema import EMA
+from diffusion.report import image_grid
+from diffusion.samplers import sample
+
+__all__ = [
+    "NonFiniteLossError", "TrainStats", "Trainer", "make_train_step", "resolve_device", "save_sample_grid",
+    "set_lr", "train", "warmup_lr",
+]
+
+COMPILE_MODES = (False, "model", "step")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``None`` → CUDA when available, else CPU; otherwise the named device (``cpu``, ``cuda``, ``cuda:1``)."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:<index>', got {device!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:<index>', got {str(device)!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but no CUDA GPU is available; use device='cpu'")
+    return device
+
+
+def warmup_lr(step: int, base_lr: float, warmup_steps: int) -> float:
+    """Learning rate of the update that takes the model from ``step`` to ``step + 1`` (section 3.3.2):
+    linear warm-up ``base_lr · (step+1)/warmup_steps`` over the first ``warmup_steps`` updates, then
+    constant ``base_lr``."""
+    if warmup_steps <= 0:
+        return float(base_lr)
+    return float(base_lr) * min(1.0, (step + 1) / warmup_steps)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every parameter group's learning rate; a tensor lr (compiled step) is filled in place, which
+    neither recompiles nor synchronises."""
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+
+
+class TrainStats:
+    """Running statistics of the training step, kept on the device (no host synchronisation).
+
+    Per optimiser step: the loss (mean L_simple over the global batch of this rank) and the gradient
+    norm before clipping are summed; an exponential moving average of the loss with factor ``beta`` is kept
+    with its bias correction (ema = Σ β^{n-i}(1−β)ℓ_i / (1−β^n)); the index of the first step with a
+    non-finite loss is recorded (−1 while none). ``read()`` synchronises once and resets the sums.
+    """
+
+    def __init__(self, device: torch.device, beta: float = 0.99):
+        if not 0.0 < beta < 1.0:
+            raise ValueError(f"beta must be in (0, 1), got {beta!r}")
+        self.beta = beta
+        z = lambda: torch.zeros((), dtype=torch.float32, device=device)  # noqa: E731
+        self.loss_sum, self.grad_norm_sum, self.count = z(), z(), z()
+        self.ema_num, self.ema_den = z(), z()
+        self.steps_done = z()
+        self.first_bad = z() - 1.0
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
+
+    @torch.no_grad()
+    def update(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        loss = loss.detach().float()
+        self.loss_sum.add_(loss)
+        self.grad_norm_sum.add_(grad_norm.detach().float())
+        self.count.add_(1.0)
+        self.ema_num.mul_(self.beta).add_((1.0 - self.beta) * loss)
+        self.ema_den.mul_(self.beta).add_(1.0 - self.beta)
+        bad = (~torch.isfinite(loss)) & (self.first_bad < 0)
+        self.first_bad.copy_(torch.where(bad, self.steps_done, self.first_bad))
+        self.steps_done.add_(1.0)
+
+    def read(self, reduce: bool = False) -> dict:
+        """Interval means (loss, grad_norm), the EMA loss and the first non-finite step (``None`` if none),
+        then reset the interval sums. With ``reduce`` the sums are averaged over DDP ranks."""
+        with torch.no_grad():
+            vec = torch.stack([self.loss_sum, self.grad_norm_sum, self.count, self.ema_num, self.ema_den])
+            bad = torch.where(self.first_bad < 0, torch.full_like(self.first_bad, float("inf")), self.first_bad)
+            if reduce:
+                vec = distributed.all_reduce_sum(vec)
+                bad = distributed.all_reduce_min(bad)
+            loss_sum, gn_sum, count, ema_num, ema_den = vec.tolist()
+            first_bad = bad.item()
+            self.loss_sum.zero_()
+            self.grad_norm_sum.zero_()
+            self.count.zero_()
+        return {
+            "loss": loss_sum / count if count else float("nan"),
+            "grad_norm": gn_sum / count if count else float("nan"),
+            "ema_loss": ema_num / ema_den if ema_den else float("nan"),
+            "first_nonfinite_step": None if math.isinf(first_bad) else int(first_bad),
+        }
+
+    def state_dict(self) -> dict:
+        return {k: v.detach().cpu().clone() for k, v in self.tensors().items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in self.tensors().items():
+            v.copy_(state[k])
+
+
+def make_train_step(model: nn.Module, diffusion, optimizer: torch.optim.Optimizer, ema: EMA | None, *,
+                    grad_clip: float | None = 1.0, p_uncond: float = 0.0, null_class: int | None = None,
+                    grad_accum: int = 1, bf16: bool = False, stats: TrainStats | None = None,
+                    compile: bool | str = False):
+    """The full optimiser step of algorithm 1 as a function ``step(x0, y) -> loss`` (a 0-d device tensor).
+
+    ``x0`` (B, C, H, W) in [-1, 1] is this rank's batch, split into ``grad_accum`` equal micro-batches;
+    ``y`` (B,) class labels (ignored for an unconditional model, ``null_class=None``). For each micro-batch:
+    t ~ Uniform{0..T−1}, ε ~ N(0, I) (global torch RNG), labels → ∅ with probability ``p_uncond``,
+    L_simple (eq. 14) under bf16 autocast if ``bf16``, backward (DDP gradient sync only on the last
+    micro-batch). Then gradient-norm clipping to ``grad_clip`` (``None``: no clipping, the norm is still
+    measured), ``optimizer.step()``, ``ema.update`` and ``stats.update`` — all without host synchronisation.
+
+    ``model`` is what is called (the module, or its DDP/compiled wrapper; its ``parameters()`` are the
+    trained ones). ``compile``: ``False``; ``"model"`` (the caller compiled ``model``; nothing more here);
+    ``"step"`` compiles the loss computation and the update (clip, Adam, EMA, statistics) as two graphs
+    around ``backward``; for a compiled step the optimizer's lr must be a tensor (see ``set_lr``).
+    The returned function has the attribute ``stats``.
+    """
+    if compile is True:
+        compile = "step"
+    if compile not in COMPILE_MODES:
+        raise ValueError(f"compile must be one of {COMPILE_MODES} or True, got {compile!r}")
+    if not isinstance(grad_accum, int) or grad_accum < 1:
+        raise ValueError(f"grad_accum must be a positive integer, got {grad_accum!r}")
+    if not 0.0 <= float(p_uncond) < 1.0:
+        raise ValueError(f"p_uncond must be in [0, 1), got {p_uncond!r}")
+    if grad_clip is not None and not float(grad_clip) > 0:
+        raise ValueError(f"grad_clip must be positive or None, got {grad_clip!r}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    device = params[0].device
+    stats = stats if stats is not None else TrainStats(device)
+    max_norm = float("inf") if grad_clip is None else float(grad_clip)
+    T = diffusion.num_timesteps
+    p_uncond = float(p_uncond)
+
+    def micro_loss(x0: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        b = x0.shape[0]
+        t = torch.randint(0, T, (b,), device=x0.device)
+        noise = torch.randn_like(x0)
+        kwargs = None
+        if null_class is not None:
+            if p_uncond > 0:
+                drop = torch.rand(b, device=x0.device) < p_uncond
+                y = torch.where(drop, torch.full_like(y, null_class), y)
+            kwargs = {"y": y}
+        with torch.autocast(device_type=x0.device.type, dtype=torch.bfloat16, enabled=bf16):
+            return diffusion.training_losses(model, x0, t, model_kwargs=kwargs, noise=noise)["loss"].mean()
+
+    def update(loss: torch.Tensor) -> None:
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+        optimizer.step()
+        if ema is not None:
+            ema.update(model)
+        stats.update(loss, grad_norm)
+
+    if compile == "step":
+        micro_loss = torch.compile(micro_loss)
+        update = torch.compile(update)
+    no_sync = getattr(model, "no_sync", None)
+
+    def step(x0: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if x0.shape[0] % grad_accum:
+            raise ValueError(f"the batch of {x0.shape[0]} images does not split into grad_accum={grad_accum} "
+                             "equal micro-batches")
+        if null_class is not None and y is None:
+            raise ValueError("y (class labels) is required for a class-conditional model")
+        optimizer.zero_grad(set_to_none=True)
+        xs = x0.chunk(grad_accum)
+        ys = y.chunk(grad_accum) if y is not None else [None] * grad_accum
+        total = None
+        for i, (xi, yi) in enumerate(zip(xs, ys)):
+            sync = i == grad_accum - 1 or no_sync is None
+            with contextlib.nullcontext() if sync else no_sync():
+                loss = micro_loss(xi, yi) / grad_accum
+                loss.backward()
+            total = loss.detach() if total is None else total + loss.detach()
+        update(total)
+        return total
+
+    step.stats = stats
+    return step
+
+
+def save_sample_grid(images: torch.Tensor, path: str | os.PathLike, labels: torch.Tensor | None = None,
+                     nrow: int | None = None, **meta) -> tuple[Path, Path]:
+    """Save images in [-1, 1] (N, C, H, W) as a PNG grid at ``path`` and, beside it, an ``.npz`` with
+    ``images`` (uint8 N×C×H×W), ``labels`` (or −1) and the scalar metadata ``meta``. Returns both paths."""
+    from PIL import Image
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"path must end in .png, got {str(path)!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = images.shape[0]
+    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
+    grid = image_grid(images, nrow=nrow)
+    pixels = (grid * 255).round().clip(0, 255).astype(np.uint8)
+    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(path)
+    as_uint8 = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+    lab = labels.detach().cpu().numpy() if labels is not None else np.full(n, -1, dtype=np.int64)
+    npz = path.with_suffix(".npz")
+    np.savez_compressed(npz, images=as_uint8, labels=lab, **{k: np.asarray(v) for k, v in meta.items()})
+    return path, npz
+
+
+class Trainer:
+    """Trains ``build_model(cfg, data)`` on ``data`` with the settings of ``cfg.train`` and writes to ``out_dir``:
+
+    - ``metrics.jsonl``: every ``log_every`` steps one JSON line with ``step``, ``loss`` (mean L_simple
+      over the interval), ``ema_loss`` (exponential moving average of the per-step loss, factor 0.99),
+      ``lr``, ``grad_norm`` (mean, before clipping), ``images_per_s``, ``elapsed_s``;
+    - ``checkpoints/ckpt_<step>.pt`` every ``ckpt_every`` steps, at the end and on SIGINT/SIGTERM (the last
+      ``keep_last`` kept);
+    - ``samples/step_<step>.png`` and ``.npz`` at the steps listed in ``sample_every``: ``sample_num``
+      images from the EMA weights with fixed noise (seed ``cfg.train.seed``), sampler ``sample_sampler``
+      with ``sample_steps`` steps; class-conditional models get labels 0, 1, …, K−1, 0, 1, …;
+    - ``config.json``: the configuration.
+
+    Args:
+        cfg: a ``diffusion.config.Config``.
+        data: an ``ImageData``; default ``load_dataset(cfg.data.name, "train", cfg.data.root)``.
+        out_dir: run folder (default ``runs/<cfg.name>``).
+        device: ``"cpu"``, ``"cuda"``…; default CUDA when available (under torchrun: ``cuda:<LOCAL_RANK>``).
+        resume: ``False`` (fresh run; an existing checkpoint in ``out_dir`` is an error), ``True`` (continue
+            from the newest checkpoint in ``out_dir``; error if none) or ``"auto"`` (continue if one exists).
+        progress: show the tqdm bar (rank 0 only).
+        compile: overrides ``cfg.train.compile`` (``False``, ``True``/``"step"``, ``"model"``).
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in DistributedDataParallel; each rank trains
+    on its own slice of every global batch with its own noise seed, the per-rank batch is ``batch_size / world_size`` (which must divide),
+    rank 0 logs, samples and writes checkpoints.
+    """
+
+    def __init__(self, cfg, data=None, out_dir: str | os.PathLike | None = None, device=None,
+                 resume: bool | str = False, *, progress: bool = True, sample_num: int = 64,
+                 sample_sampler: str = "ddim", sample_steps: int = 50, compile: bool | str | None = None):
+        if resume not in (False, True, "auto"):
+            raise ValueError(f"resume must be False, True or 'auto', got {resume!r}")
+        if cfg.model.kind != "unet":
+            raise ValueError(f"model.kind must be 'unet' for the image trainer, got {cfg.model.kind!r} (the 2-D toy "
+                             "model is trained by diffusion.experiments.train_toy)")
+        tc = cfg.train
+        self.cfg = cfg
+        self.dist = distributed.init_from_env()
+        self.is_main = self.dist.rank == 0
+        if device is None and self.dist.world_size > 1 and torch.cuda.is_available():
+            device = f"cuda:{self.dist.local_rank}"
+        self.device = resolve_device(device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        world = self.dist.world_size
+        if tc.batch_size % (world * tc.grad_accum):
+            raise ValueError(f"train.batch_size={tc.batch_size} must be divisible by world_size × grad_accum "
+                             f"= {world} × {tc.grad_accum}")
+        self.local_batch = tc.batch_size // world
+        self.out_dir = Path(out_dir) if out_dir is not None else Path("runs") / cfg.name
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.metrics_path = self.out_dir / "metrics.jsonl"
+        self.progress = progress
+        self.sample_num, self.sample_sampler, self.sample_steps = int(sample_num), sample_sampler, int(sample_steps)
+        compile = tc.compile if compile is None else compile
+        self.compile = "step" if compile is True else compile
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {COMPILE_MODES} or True, got {compile!r}")
+        cuda = self.device.type == "cuda"
+
+        # Model initialisation is identical on every rank; the training randomness differs per rank.
+        torch.manual_seed(tc.seed)
+        np.random.seed(tc.seed)
+        self.data = data if data is not None else load_dataset(cfg.data.name, "train", root=cfg.data.root)
+        self.model = build_model(cfg, self.data).to(self.device)
+        self.channels_last = bool(tc.channels_last and cuda)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.diffusion = build_diffusion(cfg)
+        self.null_class = self.model.num_classes if cfg.model.class_cond else None
+        self.ema = EMA(self.model, tc.ema_decay)
+        lr = torch.tensor(float(tc.lr), device=self.device) if self.compile == "step" else float(tc.lr)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr, betas=tuple(tc.adam_betas),
+                                          fused=True if cuda else None)
+        if world > 1:
+            torch.manual_seed(tc.seed + self.dist.rank)
+        # The same data seed on every rank: each takes its own slice of one global permutation.
+        data_gen = torch.Generator().manual_seed(tc.seed)
+        self.batches = InfiniteBatches(self.data, self.local_batch, self.device, data_gen, cfg.data.hflip,
+                                       rank=self.dist.rank, world_size=world)
+        self._batch_iter = iter(self.batches)
+        self.stats = TrainStats(self.device)
+        self.step = 0
+        self.elapsed_s = 0.0
+        self.last_checkpoint: Path | None = None
+
+        existing = latest_checkpoint(self.ckpt_dir)
+        if resume is True and existing is None:
+            raise CheckpointError(f"--resume: no checkpoint to resume from in {self.ckpt_dir}")
+        if resume is False and existing is not None:
+            raise ValueError(f"out_dir {self.out_dir} already holds checkpoints ({existing.name}); pass "
+                             "resume=True (--resume) to continue that run or choose another out_dir")
+        if resume and existing is not None:
+            self._load(existing)
+
+        net = self.model
+        if world > 1:
+            net = nn.parallel.DistributedDataParallel(net, device_ids=[self.device.index] if cuda else None)
+        if self.compile == "model":
+            net = torch.compile(net)
+        self.net = net
+        self.train_step = make_train_step(
+            net, self.diffusion, self.optimizer, self.ema, grad_clip=tc.grad_clip, p_uncond=tc.p_uncond,
+            null_class=self.null_class, grad_accum=tc.grad_accum, bf16=bool(tc.bf16 and cuda), stats=self.stats,
+            compile="step" if self.compile == "step" else False)
+        self._stop_signal: int | None = None
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        """The checkpoint payload (collective under DDP: every rank must call it; rank 0's is complete)."""
+        rank_state = {"rng": get_rng_state(), "data": self.batches.state_dict()}
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "train_state": {"stats": self.stats.state_dict(), "elapsed_s": float(self.elapsed_s)},
+            "rank_states": distributed.gather_objects(rank_state),
+            "world_size": self.dist.world_size,
+            "config": config_to_dict(self.cfg),
+            "data": {"name": self.data.name, "label": self.data.label, "channels": int(self.data.channels),
+                     "image_size": int(self.data.image_size), "num_classes": int(self.data.num_classes),
+                     "class_names": [str(c) for c in self.data.class_names]},
+            "git": git_info(),
+            "torch_version": torch.__version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+
+    def save(self) -> Path | None:
+        """Write ``checkpoints/ckpt_<step>.pt`` (rank 0) after checking that no step so far had a
+        non-finite loss. Returns the path on rank 0."""
+        self._check_finite(self.stats.first_bad)
+        state = self.state_dict()
+        path = None
+        if self.is_main:
+            path = save_checkpoint(state, checkpoint_path(self.ckpt_dir, self.step), keep_last=self.cfg.train.keep_last)
+            self.last_checkpoint = path
+        distributed.barrier()
+        return path
+
+    def _load(self, path: Path) -> None:
+        state = load_checkpoint(path, map_location=self.device)
+        mine, theirs = config_to_dict(self.cfg), state["config"]
+        for section in ("model", "diffusion"):
+            if mine[section] != theirs.get(section):
+                diff = sorted(k for k in set(mine[section]) | set(theirs.get(section, {}))
+                              if mine[section].get(k) != theirs.get(section, {}).get(k))
+                raise CheckpointError(f"{path} was trained with another {section} configuration (differs in "
+                                      f"{', '.join(f'{section}.{k}' for k in diff)}); it cannot be resumed with "
+                                      "this config")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise CheckpointError(f"{path} does not fit this model: {str(err).splitlines()[0]}") from None
+        # Optimizer moments take their parameter's memory layout (channels_last) for the fused kernels.
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                for key, value in self.optimizer.state.get(p, {}).items():
+                    if isinstance(value, torch.Tensor) and value.shape == p.shape:
+                        self.optimizer.state[p][key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
+            if self.compile == "step" and not isinstance(group["lr"], torch.Tensor):
+                group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
+        self.stats.load_state_dict(state["train_state"]["stats"])
+        self.elapsed_s = float(state["train_state"]["elapsed_s"])
+        self.step = int(state["step"])
+        rank_states = state["rank_states"]
+        if int(state["world_size"]) == self.dist.world_size:
+            mine_state = rank_states[self.dist.rank]
+            set_rng_state(mine_state["rng"])
+            self.batches.load_state_dict(mine_state["data"])
+        else:  # another world size: fresh, reproducible randomness for the new shards
+            torch.manual_seed(self.cfg.train.seed + 7919 * self.step + self.dist.rank)
+            if self.is_main:
+                tqdm.write(f"note: {path} was written by {state['world_size']} process(es), this run has "
+                           f"{self.dist.world_size}; model and optimizer restored, data order reseeded")
+        self.last_checkpoint = path
+        self._truncate_metrics()
+
+    def _truncate_metrics(self) -> None:
+        """Drop metric lines beyond the resumed step (written after the checkpoint by the interrupted run)."""
+        if not self.is_main or not self.metrics_path.exists():
+            return
+        kept = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= self.step:
+                    kept.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # a line cut short by the interruption
+        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.metrics_path)
+
+    # ------------------------------------------------------------------ faults
+    def _check_finite(self, first_bad: torch.Tensor | int | None) -> None:
+        if isinstance(first_bad, torch.Tensor):
+            bad = distributed.all_reduce_min(
+                torch.where(first_bad < 0, torch.full_like(first_bad, float("inf")), first_bad)).item()
+            first_bad = None if math.isinf(bad) else int(bad)
+        if first_bad is not None:
+            last = self.last_checkpoint or latest_checkpoint(self.ckpt_dir)
+            raise NonFiniteLossError(
+                f"non-finite training loss at step {first_bad + 1} (update {first_bad + 1} of the run); "
+                f"stopped. The last good checkpoint is {last if last else 'none (no checkpoint was written)'}; "
+                "try a lower learning rate or stronger gradient clipping")
+
+    def _on_signal(self, signum, frame) -> None:
+        if self._stop_signal is not None:  # a second signal: stop at once
+            raise KeyboardInterrupt
+        self._stop_signal = signum
+
+    @contextlib.contextmanager
+    def _signal_handlers(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    # ------------------------------------------------------------------ logging and samples
+    def _log(self, pbar, lr: float, images: int, seconds: float) -> dict:
+        values = self.stats.read(reduce=self.dist.world_size > 1)
+        self._check_finite(values["first_nonfinite_step"])
+        record = {"step": self.step, "loss": values["loss"], "ema_loss": values["ema_loss"], "lr": lr,
+                  "grad_norm": values["grad_norm"], "images_per_s": images / seconds if seconds > 0 else None,
+                  "elapsed_s": round(self.elapsed_s, 3)}
+        if self.is_main:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            pbar.set_postfix(loss=f"{record['loss']:.4f}", ema=f"{record['ema_loss']:.4f}",
+                             img_s=f"{record['images_per_s'] or 0:.0f}", refresh=False)
+        return record
+
+    @torch.no_grad()
+    def sample_images(self, num: int | None = None, sampler: str | None = None, steps: int | None = None,
+                      seed: int | None = None, use_ema: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Samples in [-1, 1] from the EMA (or raw) weights with fixed noise; conditional models get labels
+        0..K−1 cycled. Training randomness is left untouched."""
+        num = self.sample_num if num is None else num
+        model = self.ema.module if use_ema else self.model
+        c, s = self.model.in_channels, self.model.image_size
+        gen = torch.Generator(device=self.device).manual_seed(self.cfg.train.seed if seed is None else seed)
+        y = None
+        if self.null_class is not None:
+            y = torch.arange(num, device=self.device) % self.null_class
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            x = sample(self.diffusion, model, (num, c, s, s), sampler=sampler or self.sample_sampler,
+                       steps=steps or self.sample_steps, y=y, null_class=self.null_class, generator=gen,
+                       device=self.device)
+        return x, y
+
+    def _sample_grid(self) -> tuple[Path, Path]:
+        x, y = self.sample_images()
+        nrow = self.null_class if self.null_class is not None and self.null_class <= 16 else None
+        return save_sample_grid(x, self.out_dir / "samples" / f"step_{self.step:06d}.png", labels=y, nrow=nrow,
+                                step=self.step, sampler=self.sample_sampler, steps=self.sample_steps, ema=True)
+
+    # ------------------------------------------------------------------ the loop
+    def train(self, total_steps: int | None = None) -> dict:
+        """Train until ``total_steps`` (default ``cfg.train.total_steps``) or a SIGINT/SIGTERM.
+
+        Returns ``step``, ``loss`` and ``ema_loss`` (last logged), ``wall_time_s`` (this call),
+        ``elapsed_s`` (all sessions of the run), ``images_per_s`` (mean over this call),
+        ``interrupted`` (signal name or ``None``), ``out_dir``, ``checkpoint``, ``metrics``, ``samples``.
+        Raises ``NonFiniteLossError`` if the loss becomes NaN/inf (no checkpoint is written after it).
+        """
+        tc = self.cfg.train
+        total = int(tc.total_steps if total_steps is None else total_steps)
+        if total < 1:
+            raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
+        sample_at = {int(s) for s in tc.sample_every}
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.json").write_text(json.dumps(config_to_dict(self.cfg), indent=2) + "\n")
+        samples, last = [], {"loss": None, "ema_loss": None}
+        start_step, wall0 = self.step, time.perf_counter()
+        mark_time, mark_step, paused = wall0, self.step, 0.0
+        deterministic = self.device.type == "cpu"
+        was_deterministic = torch.are_deterministic_algorithms_enabled()
+        pbar = tqdm(total=total, initial=self.step, disable=not (self.progress and self.is_main),
+                    desc=f"train {self.cfg.name}", unit="step", dynamic_ncols=True)
+        self.model.train()
+        try:
+            if deterministic:
+                torch.use_deterministic_algorithms(True, warn_only=True)
+            with self._signal_handlers():
+                while self.step < total:
+                    lr = warmup_lr(self.step, tc.lr, tc.warmup_steps)
+                    set_lr(self.optimizer, lr)
+                    x, y = next(self._batch_iter)
+                    if self.channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    self.train_step(x, y)
+                    self.step += 1
+                    pbar.update(1)
+                    stop = self._stop_requested(tc.log_every)
+                    if self.step % tc.log_every == 0 or self.step == total or stop:
+                        now = time.perf_counter()
+                        self.elapsed_s += now - mark_time
+                        last = self._log(pbar, lr, (self.step - mark_step) * tc.batch_size,
+                                         now - mark_time - paused)
+                        mark_time, mark_step, paused = now, self.step, 0.0
+                    if self.step in sample_at and self.is_main:
+                        t0 = time.perf_counter()
+                        samples.extend(self._sample_grid())
+                        paused += time.perf_counter() - t0
+                    if stop or self.step % tc.ckpt_every == 0 or self.step == total:
+                        t0 = time.perf_counter()
+                        self.save()
+                        paused += time.perf_counter() - t0
+                    if stop:
+                        break
+        finally:
+            pbar.close()
+            if deterministic:
+                torch.use_deterministic_algorithms(was_deterministic)
+        wall = time.perf_counter() - wall0
+        interrupted = signal.Signals(self._stop_signal).name if self._stop_signal is not None else None
+        if interrupted and self.is_main:
+            tqdm.write(f"{interrupted}: stopped at step {self.step}; checkpoint {self.last_checkpoint}; "
+                       "continue with --resume")
+        return {
+            "step": self.step, "loss": last["loss"], "ema_loss": last["ema_loss"], "wall_time_s": wall,
+            "elapsed_s": self.elapsed_s,
+            "images_per_s": (self.step - start_step) * tc.batch_size / wall if wall > 0 else None,
+            "interrupted": interrupted, "out_dir": str(self.out_dir),
+            "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
+            "metrics": str(self.metrics_path), "samples": [str(p) for p in samples],
+        }
+
+    def _stop_requested(self, log_every: int) -> bool:
+        """Single process: whether a signal arrived. Under DDP the ranks agree (every ``log_every`` steps)."""
+        if self.dist.world_size == 1:
+            return self._stop_signal is not None
+        if self.step % log_every:
+            return False
+        flag = torch.tensor(0.0 if self._stop_signal is None else float(self._stop_signal), device=self.device)
+        agreed = int(distributed.all_reduce_max(flag).item())
+        if agreed and self._stop_signal is None:
+            self._stop_signal = agreed
+        return bool(agreed)
+
+
+def train(cfg, data=None, out_dir: str | os.PathLike | None = None, device=None, resume: bool | str = False,
+          total_steps: int | None = None, **trainer_kwargs) -> dict:
+    """Build a :class:`Trainer` and run it; returns its result dict (see ``Trainer.train``)."""
+    return Trainer(cfg, data=data, out_dir=out_dir, device=device, resume=resume, **trainer_kwargs).train(total_steps)

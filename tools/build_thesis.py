@@ -1,0 +1,458 @@
+#!/usr/bin/env python3
+"""Build the thesis PDF (thesis/build/thesis.pdf) from the artefacts of one figures profile.
+
+Usage::
+
+    python tools/build_thesis.py [--profile {full,gpu,quick,smoke}] [--figures-dir DIR] [--build-dir DIR]
+
+Steps:
+
+1. choose the profile: the one given, else the best whose ``<figures-dir>/<profile>/numbers.tex`` exists
+   (order full > gpu > quick > smoke);
+2. check that every artefact the thesis sources include (``\\ProfFig{name}``, ``\\ProfTable{name}``) and
+   every ``numbers.tex`` macro they use exists, naming the notebook that makes a missing one (the
+   notebook of each artefact is read from docs/artefacts.md, the contract);
+3. write ``<build>/profile.tex`` (figure folder, ``\\input`` of numbers.tex, artefact → notebook links,
+   comparison words derived from the numbers, bibliography path) and ``<build>/provenance.tex`` (the
+   appendix, from provenance.json);
+4. run ``latexmk -xelatex`` (biber) with ``-interaction=nonstopmode -halt-on-error``;
+5. fail (exit status 1) on undefined references or citations and on "Missing character" warnings.
+
+Exit status: 0 success, 1 LaTeX failure or log check failure, 2 missing inputs or tools.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+THESIS_DIR = REPO / "thesis"
+PROFILE_ORDER = ("full", "gpu", "quick", "smoke")
+TEX_TOOLS = ("xelatex", "latexmk", "biber")
+APT_COMMAND = (
+    "apt-get update && apt-get install -y --no-install-recommends texlive-xetex texlive-lang-chinese "
+    "texlive-fonts-recommended texlive-science latexmk biber texlive-bibtex-extra poppler-utils"
+)
+
+# Comparison words used by the text (see thesis/chapters): name -> (numerator macro, reference macro).
+# \Rel<name>{word if first > second}{word if first < second}; "相同" when equal, "无法比较" when a value
+# is not a number. Lets a sentence such as "与 w=1 相比\RelAccThreeOne{更高}{更低}" stay true.
+COMPARISONS = {
+    "RelAccThreeOne": ("CondAccWThree", "CondAccWOne"),
+    "RelAccOneZero": ("CondAccWOne", "CondAccWZero"),
+    "RelCfdThreeOne": ("CfdWThree", "CfdWOne"),
+    "RelStepsCfd": ("StepsCfdFifty", "StepsCfdFull"),
+    "RelBpd": ("BpdFixedSmall", "BpdFixedLarge"),
+    "RelWidth": ("WidthCfdNarrow", "WidthCfdBase"),
+    "RelDepth": ("DepthCfdShallow", "WidthCfdBase"),
+}
+
+
+# numbers.tex macros read by the generated profile.tex (comparisons, speed-up, GFLOPs wording).
+DERIVED_FROM = {m for pair in COMPARISONS.values() for m in pair} | {
+    "StepsTimeFull", "StepsTimeFifty", "CifarGFlops", "CondDatasetLabel", "UncondDatasetLabel"}
+
+
+class BuildError(Exception):
+    """A problem the user must fix; ``status`` is the exit status."""
+
+    def __init__(self, message: str, status: int = 2):
+        super().__init__(message)
+        self.status = status
+
+
+# ----------------------------------------------------------------------------------------------- contract
+def parse_contract(path: Path) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """Read docs/artefacts.md: (figure -> notebook, table -> notebook, number macro -> notebook)."""
+    if not path.is_file():
+        raise BuildError(f"artefact contract not found: {path}")
+    figures: dict[str, str] = {}
+    tables: dict[str, str] = {}
+    numbers: dict[str, str] = {}
+    section = None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("## "):
+            section = line[3:].strip().split()[0].lower()
+            continue
+        if section in ("figures", "tables"):
+            m = re.match(r"\|\s*`([A-Za-z0-9_]+)`\s*\|\s*([^|]+?)\s*\|", line)
+            if m:
+                (figures if section == "figures" else tables)[m.group(1)] = m.group(2)
+        elif section == "numbers":
+            head, _, rest = line.partition(":")
+            nb = re.search(r"\d\d_[a-z0-9_]+", head)
+            if nb and rest:
+                for macro in re.findall(r"`\\([A-Za-z]+)`", rest):
+                    numbers[macro] = nb.group(0)
+    if not figures or not tables or not numbers:
+        raise BuildError(f"could not parse the figure, table and number lists of {path}")
+    return figures, tables, numbers
+
+
+def thesis_sources(thesis_dir: Path) -> list[Path]:
+    return sorted(thesis_dir.glob("*.tex")) + sorted((thesis_dir / "chapters").glob("*.tex"))
+
+
+def used_artefacts(sources: list[Path]) -> tuple[list[str], list[str], set[str]]:
+    """Figures, tables and macros referenced by the thesis sources (comments stripped)."""
+    figs: list[str] = []
+    tabs: list[str] = []
+    macros: set[str] = set()
+    for src in sources:
+        text = re.sub(r"(?<!\\)%.*", "", src.read_text(encoding="utf-8"))
+        for name in re.findall(r"\\ProfFig(?:\[[^\]]*\])?\{([^}]+)\}", text):
+            if name not in figs and not name.startswith("#"):
+                figs.append(name)
+        for name in re.findall(r"\\ProfTable\{([^}]+)\}", text):
+            if name not in tabs and not name.startswith("#"):
+                tabs.append(name)
+        macros.update(re.findall(r"\\([A-Za-z]+)", text))
+    return figs, tabs, macros
+
+
+def defined_numbers(numbers_tex: Path) -> dict[str, str]:
+    """Macros defined in numbers.tex (\\newcommand / \\def / \\providecommand), name -> body text."""
+    text = numbers_tex.read_text(encoding="utf-8")
+    out: dict[str, str] = {}
+    for m in re.finditer(r"\\(?:re)?(?:newcommand|providecommand)\*?\s*\{?\\([A-Za-z]+)\}?\s*\{(.*?)\}\s*$",
+                         text, flags=re.M):
+        out[m.group(1)] = m.group(2)
+    for m in re.finditer(r"\\def\\([A-Za-z]+)\s*\{(.*?)\}\s*$", text, flags=re.M):
+        out[m.group(1)] = m.group(2)
+    return out
+
+
+def check_inputs(fig_dir: Path, contract, sources) -> tuple[list[str], list[str]]:
+    """Raise BuildError listing every missing file/macro with the notebook that makes it."""
+    fig_nb, tab_nb, num_nb = contract
+    figs, tabs, macros = used_artefacts(sources)
+    macros = macros | DERIVED_FROM
+    problems: list[str] = []
+    for name in figs:
+        if name not in fig_nb:
+            problems.append(f"figure '{name}' is used by the thesis but is not in docs/artefacts.md")
+        elif not (fig_dir / f"{name}.pdf").is_file():
+            problems.append(f"{fig_dir / (name + '.pdf')} is missing (made by notebooks/{fig_nb[name]}.py)")
+    for name in tabs:
+        if name not in tab_nb:
+            problems.append(f"table '{name}' is used by the thesis but is not in docs/artefacts.md")
+        elif not (fig_dir / "tables" / f"{name}.tex").is_file():
+            problems.append(f"{fig_dir / 'tables' / (name + '.tex')} is missing (made by notebooks/{tab_nb[name]}.py)")
+    numbers_tex = fig_dir / "numbers.tex"
+    if not numbers_tex.is_file():
+        problems.append(f"{numbers_tex} is missing (concatenated by make figures from every notebook's numbers)")
+    else:
+        defined = defined_numbers(numbers_tex)
+        for macro in sorted(macros & set(num_nb)):
+            if macro not in defined:
+                problems.append(f"\\{macro} is not defined in {numbers_tex} (made by notebooks/{num_nb[macro]}.py)")
+    if not (fig_dir / "provenance.json").is_file():
+        problems.append(f"{fig_dir / 'provenance.json'} is missing (written by make figures)")
+    if problems:
+        raise BuildError("the thesis cannot be built from " + str(fig_dir) + ":\n  " + "\n  ".join(problems))
+    return figs, tabs
+
+
+# ------------------------------------------------------------------------------------------ generated TeX
+_TEX_ESCAPES = {"\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "$": r"\$", "&": r"\&", "#": r"\#",
+                "^": r"\^{}", "_": r"\_", "%": r"\%", "~": r"\textasciitilde{}"}
+
+
+def tex_escape(value) -> str:
+    return "".join(_TEX_ESCAPES.get(ch, ch) for ch in str(value))
+
+
+def tex_path(path: Path) -> str:
+    """An absolute path usable inside \\input / \\includegraphics (forward slashes, no TeX specials)."""
+    text = path.resolve().as_posix()
+    bad = sorted(set(text) & set(" %#&{}$^~\\\""))
+    if bad:
+        raise BuildError(f"path {text!r} contains characters TeX cannot read in a file name: {bad}")
+    return text
+
+
+def _number(text: str | None) -> float | None:
+    if text is None:
+        return None
+    cleaned = re.sub(r"[\s,{}~]|\\,|\\%|\\thinspace", "", text).rstrip("%")
+    try:
+        return float(cleaned)
+    except ValueError:
+        return None
+
+
+def comparison_macros(defined: dict[str, str]) -> list[str]:
+    lines = []
+    for name, (first, second) in COMPARISONS.items():
+        a, b = _number(defined.get(first)), _number(defined.get(second))
+        if a is None or b is None:
+            body = "无法比较"
+        elif a > b:
+            body = "#1"
+        elif a < b:
+            body = "#2"
+        else:
+            body = "相同"
+        lines.append(f"\\newcommand{{\\{name}}}[2]{{{body}}}")
+    full, fifty = _number(defined.get("StepsTimeFull")), _number(defined.get("StepsTimeFifty"))
+    speedup = f"{full / fifty:.1f}" if full is not None and fifty else "—"
+    lines.append(f"\\newcommand{{\\StepsSpeedup}}{{{speedup}}}")
+    gflops = r"约 \CifarGFlops{} GFLOPs" if _number(defined.get("CifarGFlops")) is not None else r"\CifarGFlops"
+    lines.append(f"\\newcommand{{\\CifarGFlopsText}}{{{gflops}}}")
+    cond, uncond = defined.get("CondDatasetLabel"), defined.get("UncondDatasetLabel")
+    both = r"\CondDatasetLabel" if cond == uncond else r"\CondDatasetLabel{} 与 \UncondDatasetLabel"
+    lines.append(f"\\newcommand{{\\BothDatasetLabels}}{{{both}}}")
+    return lines
+
+
+def load_provenance(path: Path) -> dict[str, dict]:
+    """provenance.json as {artefact name: record}; accepts a mapping or a list of records."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise BuildError(f"{path} is not valid JSON: {exc}") from exc
+    if isinstance(data, dict) and isinstance(data.get("artefacts"), (dict, list)):
+        data = data["artefacts"]
+    records: dict[str, dict] = {}
+    if isinstance(data, dict):
+        for key, rec in data.items():
+            if isinstance(rec, dict):
+                records[str(rec.get("name") or rec.get("artefact") or key)] = rec
+    elif isinstance(data, list):
+        for rec in data:
+            if isinstance(rec, dict) and (rec.get("name") or rec.get("artefact")):
+                records[str(rec.get("name") or rec.get("artefact"))] = rec
+    else:
+        raise BuildError(f"{path}: expected a JSON object or list of artefact records")
+    return records
+
+
+def _field(rec: dict, *keys):
+    for key in keys:
+        if rec.get(key) not in (None, ""):
+            return rec[key]
+    return None
+
+
+def _short_name(name: str) -> str:
+    """Artefact key without folder or extension ('tables/hparams.tex' -> 'hparams')."""
+    return Path(name).stem if "/" in name or "." in name else name
+
+
+def _format_config(config) -> str:
+    if config is None:
+        return "—"
+    if isinstance(config, dict):
+        flat = []
+
+        def walk(prefix, value):
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}{k}.", v)
+            else:
+                flat.append(f"{prefix[:-1]}={value}")
+
+        walk("", config)
+        text = ", ".join(flat)
+    else:
+        text = str(config)
+    return text if len(text) <= 600 else text[:600] + " …"
+
+
+def provenance_tex(records: dict[str, dict], figs: list[str], tabs: list[str]) -> str:
+    """The appendix body: one entry per artefact the thesis uses, in order of appearance."""
+    by_short = {}
+    for name, rec in records.items():
+        by_short.setdefault(_short_name(name), rec)
+    out = [r"\begin{description}[style=nextline,leftmargin=1.5em,font=\normalfont\ttfamily\small]",
+           r"\small"]
+    for kind, names in (("图", figs), ("表", tabs)):
+        for name in names:
+            rec = records.get(name) or by_short.get(name)
+            label = f"{kind}：{tex_escape(name)}"
+            if rec is None:
+                out.append(f"\\item[{label}] provenance.json 中没有该产物的记录。")
+                continue
+            seconds = _field(rec, "wall_time", "wall_s", "wall_time_s", "seconds", "time_s")
+            try:
+                seconds_text = f"{float(seconds):.1f} s"
+            except (TypeError, ValueError):
+                seconds_text = tex_escape(seconds) if seconds is not None else "—"
+            commit = _field(rec, "commit", "git_commit", "git")
+            items = [
+                ("notebook", _field(rec, "notebook")),
+                ("commit", str(commit)[:12] if commit else None),
+                ("数据集", _field(rec, "dataset_label", "dataset", "data")),
+                ("种子", _field(rec, "seed")),
+                ("设备", _field(rec, "device")),
+                ("torch", _field(rec, "torch_version", "torch")),
+                ("耗时", None),
+                ("创建（UTC）", _field(rec, "created", "created_utc", "time", "timestamp")),
+            ]
+            parts = []
+            for key, value in items:
+                if key == "耗时":
+                    parts.append(f"耗时：{seconds_text}")
+                else:
+                    parts.append(f"{key}：{tex_escape(value) if value is not None else '—'}")
+            config = tex_escape(_format_config(_field(rec, "config", "config_path", "params")))
+            out.append(f"\\item[{label}] " + "；".join(parts) + "。\\\\")
+            out.append(f"{{\\footnotesize 配置：\\texttt{{{config}}}}}")
+    out.append(r"\end{description}")
+    return "\n".join(out) + "\n"
+
+
+def profile_tex(fig_dir: Path, build_dir: Path, contract, defined: dict[str, str],
+                records: dict[str, dict]) -> str:
+    fig_nb, tab_nb, _ = contract
+    notebooks_rel = os.path.relpath(REPO / "notebooks", build_dir.resolve()).replace(os.sep, "/")
+    lines = [
+        "% Generated by tools/build_thesis.py; do not edit.",
+        f"\\newcommand{{\\FigDir}}{{{tex_path(fig_dir)}/}}",
+        f"\\input{{{tex_path(fig_dir / 'numbers.tex')}}}",
+        r"\providecommand{\SmokeMarker}{}",
+        f"\\newcommand{{\\NotebookRelDir}}{{{notebooks_rel}}}",
+    ]
+    by_short = {_short_name(n): r for n, r in records.items()}
+    for name, nb in list(fig_nb.items()) + list(tab_nb.items()):
+        if not re.fullmatch(r"\d\d_[a-z0-9_]+", nb):
+            continue  # e.g. the provenance table, made by `make figures` itself
+        lines.append(f"\\expandafter\\def\\csname nbfile@{name}\\endcsname{{{nb}.py}}")
+        lines.append(f"\\expandafter\\def\\csname nbdisp@{name}\\endcsname{{{tex_escape(nb)}.py}}")
+        rec = records.get(name) or by_short.get(name)
+        label = _field(rec, "dataset_label", "dataset") if rec else None
+        if label:
+            lines.append(f"\\expandafter\\def\\csname nbdata@{name}\\endcsname{{{tex_escape(label)}}}")
+    lines += comparison_macros(defined)
+    lines.append(f"\\addbibresource{{{tex_path(THESIS_DIR / 'references.bib')}}}")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- building
+def choose_profile(figures_dir: Path, profile: str | None) -> str:
+    if profile:
+        if not (figures_dir / profile).is_dir():
+            raise BuildError(f"no figures for profile '{profile}' in {figures_dir / profile}; "
+                             f"run `make figures PROFILE={profile}` first")
+        return profile
+    for candidate in PROFILE_ORDER:
+        if (figures_dir / candidate / "numbers.tex").is_file():
+            return candidate
+    raise BuildError(f"no figures profile found under {figures_dir} (looked for {', '.join(PROFILE_ORDER)}); "
+                     "run `make figures` (quick profile) first")
+
+
+def check_tools() -> None:
+    missing = [tool for tool in TEX_TOOLS if shutil.which(tool) is None]
+    if missing:
+        raise BuildError(f"TeX tools not found: {', '.join(missing)}. Install them (as root) with:\n  {APT_COMMAND}")
+
+
+def check_log(log_path: Path, blg_path: Path) -> list[str]:
+    """Problems that must fail the build: undefined refs/citations, missing glyphs, biber errors."""
+    problems = []
+    log = log_path.read_text(encoding="utf-8", errors="replace") if log_path.is_file() else ""
+    for pattern, what in (
+        (r"LaTeX Warning: Reference `([^']*)' on page \d+ undefined", "undefined reference"),
+        (r"LaTeX Warning: Citation `([^']*)' on page \d+ undefined", "undefined citation"),
+        (r"Package biblatex Warning: The following entry could not be found\s*\(biblatex\)\s*in the database:\s*"
+         r"\(biblatex\)\s*(\S+)", "citation not in references.bib"),
+        (r"Missing character: There is no (\S+ \(U\+[0-9A-Fa-f]+\))", "missing glyph"),
+    ):
+        for hit in sorted(set(re.findall(pattern, log))):
+            problems.append(f"{what}: {hit}")
+    if "There were undefined references" in log and not any("undefined" in p for p in problems):
+        problems.append("LaTeX reports undefined references")
+    if "Please (re)run Biber" in log or "Please rerun LaTeX" in log:
+        problems.append("the document did not converge (biblatex asks for another run)")
+    if blg_path.is_file():
+        for line in blg_path.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("ERROR") or "] ERROR" in line:
+                problems.append(f"biber: {line.strip()}")
+    return problems
+
+
+def build(profile: str | None, figures_dir: Path, build_dir: Path, quiet: bool = False) -> Path:
+    start = time.monotonic()
+    figures_dir = figures_dir.resolve()
+    build_dir = build_dir.resolve()
+    profile = choose_profile(figures_dir, profile)
+    fig_dir = figures_dir / profile
+    contract = parse_contract(REPO / "docs" / "artefacts.md")
+    sources = thesis_sources(THESIS_DIR)
+    figs, tabs = check_inputs(fig_dir, contract, sources)
+    check_tools()
+
+    build_dir.mkdir(parents=True, exist_ok=True)
+    defined = defined_numbers(fig_dir / "numbers.tex")
+    records = load_provenance(fig_dir / "provenance.json")
+    (build_dir / "profile.tex").write_text(profile_tex(fig_dir, build_dir, contract, defined, records),
+                                          encoding="utf-8")
+    (build_dir / "provenance.tex").write_text(provenance_tex(records, figs, tabs), encoding="utf-8")
+
+    env = dict(os.environ)
+    env["TEXINPUTS"] = f"{build_dir}{os.pathsep}{THESIS_DIR}{os.pathsep}" + env.get("TEXINPUTS", "")
+    cmd = ["latexmk", "-xelatex", "-interaction=nonstopmode", "-halt-on-error", "-file-line-error",
+           f"-outdir={build_dir}", "thesis.tex"]
+    print(f"building thesis from {fig_dir} (profile {profile}) into {build_dir}", flush=True)
+    proc = subprocess.run(cmd, cwd=THESIS_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, errors="replace")
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stdout.splitlines()[-40:])
+        errors = []
+        log = build_dir / "thesis.log"
+        if log.is_file():
+            errors = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines()
+                      if ln.startswith("!") or re.match(r"^\S+\.tex:\d+:", ln)]
+        raise BuildError(f"latexmk failed (exit {proc.returncode}); see {log}\n" + "\n".join(errors[:20])
+                         + "\n--- latexmk output (tail) ---\n" + tail, status=1)
+    if not quiet:
+        print("\n".join(proc.stdout.splitlines()[-5:]))
+    problems = check_log(build_dir / "thesis.log", build_dir / "thesis.blg")
+    if problems:
+        raise BuildError("thesis built but the log shows problems:\n  " + "\n  ".join(problems), status=1)
+    pdf = build_dir / "thesis.pdf"
+    overfull = len(re.findall(r"^Overfull \\hbox", (build_dir / "thesis.log").read_text(errors="replace"),
+                              flags=re.M))
+    pages = _page_count(pdf)
+    print(f"wrote {pdf} ({pages} pages, profile {profile}, {time.monotonic() - start:.1f} s"
+          + (f", {overfull} overfull hbox warnings" if overfull else "") + ")")
+    return pdf
+
+
+def _page_count(pdf: Path) -> str:
+    if shutil.which("pdfinfo") is None:
+        return "?"
+    out = subprocess.run(["pdfinfo", str(pdf)], stdout=subprocess.PIPE, text=True, errors="replace").stdout
+    m = re.search(r"^Pages:\s+(\d+)", out, flags=re.M)
+    return m.group(1) if m else "?"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", choices=PROFILE_ORDER, default=os.environ.get("PROFILE") or None,
+                        help="figures profile (default: the best present, full > gpu > quick > smoke)")
+    parser.add_argument("--figures-dir", type=Path, default=REPO / "figures",
+                        help="folder holding <profile>/ artefact folders (default: figures/)")
+    parser.add_argument("--build-dir", type=Path, default=THESIS_DIR / "build",
+                        help="output folder for thesis.pdf and LaTeX auxiliaries (default: thesis/build/)")
+    parser.add_argument("--quiet", action="store_true", help="print only the final line")
+    args = parser.parse_args(argv)
+    try:
+        build(args.profile, args.figures_dir, args.build_dir, quiet=args.quiet)
+    except BuildError as exc:
+        print(f"build_thesis: error: {exc}", file=sys.stderr)
+        return exc.status
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

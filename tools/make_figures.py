@@ -1,0 +1,260 @@
+"""Run the notebooks headless for one profile and publish what the thesis reads into ``figures/<profile>/``.
+
+    python tools/make_figures.py --profile quick [--notebooks 04_training,05_guidance] [--force]
+
+For each notebook under ``notebooks/`` (Jupytext percent format), in order:
+
+1. convert it to ``build/notebooks/<profile>/<name>.input.ipynb``;
+2. execute it with papermill (cwd ``notebooks/``) with the profile's parameters, writing its artefacts into
+   an empty staging folder; the executed notebook is ``build/notebooks/<profile>/<name>.ipynb``;
+3. render the executed notebook to ``build/notebooks/<profile>/<name>.html`` with nbconvert;
+4. publish: a copy of ``figures/<profile>/`` (hard links) has the notebook's previous artefacts replaced by
+   the new ones and the merged files (``numbers.tex``, ``provenance.json``, ``tables/provenance.tex``)
+   rebuilt, and is then swapped in by rename, so the folder never shows a mix of old and new.
+
+A failing notebook stops the run with exit status 1, naming the notebook and the failing cell; what was
+published before stays. ``gpu`` and ``full`` are refused on a machine without CUDA unless ``--force``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from diffusion import report  # noqa: E402
+
+GPU_PROFILES = ("gpu", "full")
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook raised; carries the notebook name and the failing cell."""
+
+    def __init__(self, notebook: str, cell: str, detail: str):
+        super().__init__(f"notebook {notebook} failed in {cell}: {detail}")
+        self.notebook, self.cell, self.detail = notebook, cell, detail
+
+
+def load_profile(profile: str, profiles_dir: Path) -> dict:
+    """The profile's YAML as a dict with ``common`` and ``notebooks`` sections (see configs/profiles/)."""
+    import yaml
+
+    path = profiles_dir / f"{profile}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in profiles_dir.glob("*.yaml"))
+        raise ValueError(f"--profile must be one of {known}, got {profile!r} (no {path})")
+    data = yaml.safe_load(path.read_text()) or {}
+    if data.get("profile") != profile:
+        raise ValueError(f"{path}: its 'profile' field must be {profile!r}, got {data.get('profile')!r}")
+    for section in ("common", "notebooks"):
+        if not isinstance(data.get(section, {}), dict):
+            raise ValueError(f"{path}: '{section}' must be a mapping")
+    return data
+
+
+def notebook_names(notebooks_dir: Path, only: str | None) -> list[str]:
+    """All ``notebooks/NN_*.py`` in order, or the comma-separated subset ``only`` (in the same order)."""
+    names = sorted(p.stem for p in notebooks_dir.glob("[0-9][0-9]_*.py"))
+    if only:
+        wanted = [n.strip() for n in only.split(",") if n.strip()]
+        unknown = [n for n in wanted if n not in names]
+        if unknown:
+            raise ValueError(f"--notebooks: unknown {unknown}; allowed: {names}")
+        names = [n for n in names if n in wanted]
+    return names
+
+
+def _kernel_name(requested: str | None) -> str:
+    if requested:
+        return requested
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    specs = KernelSpecManager().find_kernel_specs()
+    for name in ("ddpm", "ddpm-thesis", "diffusion"):
+        if name in specs:
+            return name
+    return "python3"
+
+
+def run_notebook(name: str, params: dict, notebooks_dir: Path, build_dir: Path, kernel: str,
+                 timeout: int | None) -> Path:
+    """Convert, execute and render one notebook; returns the executed .ipynb. Raises NotebookFailed."""
+    import jupytext
+    import nbformat
+    import papermill
+    from nbconvert import HTMLExporter
+
+    source = notebooks_dir / f"{name}.py"
+    nb_in, nb_out = build_dir / f"{name}.input.ipynb", build_dir / f"{name}.ipynb"
+    nb = jupytext.read(source)
+    nb.metadata["kernelspec"] = {"name": kernel, "display_name": kernel, "language": "python"}
+    jupytext.write(nb, nb_in, fmt="ipynb")
+    error = None
+    try:
+        papermill.execute_notebook(str(nb_in), str(nb_out), parameters=params, kernel_name=kernel,
+                                   cwd=str(notebooks_dir), progress_bar=False, execution_timeout=timeout)
+    except papermill.PapermillExecutionError as exc:
+        cell = f"cell {exc.cell_index} (execution count {exc.exec_count})"
+        first = next((ln for ln in exc.source.splitlines() if ln.strip() and not ln.startswith("#")), "")
+        error = NotebookFailed(name, cell, f"{exc.ename}: {exc.evalue}  [cell starts: {first[:80]}]")
+    if nb_out.is_file():
+        html, _ = HTMLExporter().from_notebook_node(nbformat.read(nb_out, as_version=4))
+        (build_dir / f"{name}.html").write_text(html, encoding="utf-8")
+    if error:
+        raise error
+    return nb_out
+
+
+def _merge(folder: Path, profile: str, names_order: list[str]) -> None:
+    """Rebuild numbers.tex, provenance.json and tables/provenance.tex of ``folder`` from its fragments."""
+    fragments = sorted((folder / "numbers").glob("*.tex"), key=lambda p: p.stem)
+    seen: dict[str, str] = {}
+    lines = [f"% numbers of the thesis, profile {profile}; generated by tools/make_figures.py"]
+    for frag in fragments:
+        for line in frag.read_text(encoding="utf-8").splitlines():
+            if line.startswith(r"\newcommand{"):
+                cmd = line[len(r"\newcommand{"):].split("}", 1)[0]
+                if cmd in seen:
+                    raise ValueError(f"number {cmd} is written by both {seen[cmd]} and {frag.stem}")
+                seen[cmd] = frag.stem
+            lines.append(line)
+    (folder / "numbers.tex").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    entries, notebooks = [], {}
+    for frag in sorted((folder / "provenance").glob("*.json"), key=lambda p: p.stem):
+        part = json.loads(frag.read_text())
+        entries += part
+        if part:
+            notebooks[frag.stem] = {"wall_time_s": max(e["wall_time_s"] for e in part),
+                                    "git_commit": part[0]["git_commit"], "device": part[0]["device"]}
+    (folder / "provenance.json").write_text(json.dumps(
+        {"profile": profile, "merged_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+         "notebooks": notebooks, "artefacts": entries}, indent=1, ensure_ascii=False), encoding="utf-8")
+
+    rows = [[e["artefact"], e["kind"], e["notebook"], e["dataset"] or "--", e["git_commit"][:10],
+             e["device"], f"{e['wall_time_s']:.0f}"] for e in entries if e["kind"] in ("figure", "table")]
+    rows.append(["provenance", "table", "make figures", "--", rows[0][4] if rows else report.git_commit()[:10],
+                 "--", "--"])
+    tab = report.booktabs_tabular(["artefact", "kind", "notebook", "dataset", "commit", "device", "time (s)"],
+                                  rows, align="lllllp{4cm}r")
+    if profile == "smoke":
+        tab = report.mark_smoke_table(tab)
+    (folder / "tables").mkdir(exist_ok=True)
+    (folder / "tables" / "provenance.tex").write_text(tab, encoding="utf-8")
+
+
+def publish(name: str, stage: Path, figures_dir: Path, profile: str, order: list[str]) -> None:
+    """Swap ``figures/<profile>/`` for a copy in which notebook ``name``'s artefacts come from ``stage``."""
+    target = figures_dir / profile
+    new, old = figures_dir / f".{profile}.new", figures_dir / f".{profile}.old"
+    for leftover in (new, old):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    if target.exists():
+        shutil.copytree(target, new, copy_function=os.link)
+        prev = new / "provenance" / f"{name}.json"
+        if prev.is_file():
+            for entry in json.loads(prev.read_text()):
+                for rel in entry["files"]:
+                    (new / rel).unlink(missing_ok=True)
+        for frag in (new / "numbers" / f"{name}.tex", prev):
+            frag.unlink(missing_ok=True)
+    else:
+        new.mkdir(parents=True)
+    for path in sorted(stage.rglob("*")):
+        if path.is_file():
+            dest = new / path.relative_to(stage)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, dest)
+    _merge(new, profile, order)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="quick", help="one of configs/profiles/*.yaml (default quick)")
+    ap.add_argument("--notebooks", default=None, help="comma-separated subset, e.g. 04_training,05_guidance")
+    ap.add_argument("--force", action="store_true", help="allow the gpu/full profiles without CUDA")
+    ap.add_argument("--kernel", default=os.environ.get("DDPM_KERNEL"), help="Jupyter kernel (default: the "
+                    "project's registered kernel if present, else python3)")
+    ap.add_argument("--data-root", default=os.environ.get("DDPM_DATA_ROOT"),
+                    help="folder of the offline dataset copies (default $DDPM_DATA_ROOT)")
+    ap.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    ap.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    root = args.root.resolve()
+    notebooks_dir, figures_dir = root / "notebooks", root / "figures"
+    try:
+        prof = load_profile(args.profile, root / "configs" / "profiles")
+        names = notebook_names(notebooks_dir, args.notebooks)
+    except ValueError as exc:
+        ap.error(str(exc))
+    if args.profile in GPU_PROFILES and not args.force:
+        import torch
+
+        if not torch.cuda.is_available():
+            print(f"refusing to write figures/{args.profile} from a machine without CUDA (its results would "
+                  "pass for GPU results); use --force to override", file=sys.stderr)
+            return 2
+
+    build_dir = root / "build" / "notebooks" / args.profile
+    build_dir.mkdir(parents=True, exist_ok=True)
+    kernel = _kernel_name(args.kernel)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+    if args.data_root:
+        os.environ["DDPM_DATA_ROOT"] = str(Path(args.data_root).resolve())
+    os.environ.setdefault("MPLBACKEND", "Agg")
+
+    timings: list[tuple[str, float, str]] = []
+    failed: NotebookFailed | None = None
+    t_all = time.perf_counter()
+    for name in names:
+        stage = build_dir / "stage" / name
+        if stage.exists():
+            shutil.rmtree(stage)
+        stage.mkdir(parents=True)
+        params = {**prof.get("common", {}), **(prof.get("notebooks", {}).get(name) or {}),
+                  "profile": args.profile, "out_dir": str(stage), "cache_dir": str(root / "cache")}
+        print(f"[make figures] {args.profile}: running {name} ...", flush=True)
+        t0 = time.perf_counter()
+        try:
+            run_notebook(name, params, notebooks_dir, build_dir, kernel, args.timeout)
+        except NotebookFailed as exc:
+            timings.append((name, time.perf_counter() - t0, "FAILED"))
+            failed = exc
+            shutil.rmtree(stage, ignore_errors=True)
+            break
+        publish(name, stage, figures_dir, args.profile, names)
+        shutil.rmtree(stage, ignore_errors=True)
+        timings.append((name, time.perf_counter() - t0, "ok"))
+        print(f"[make figures] {name}: {timings[-1][1]:.1f} s", flush=True)
+
+    print(f"\nwall time per notebook (profile {args.profile}, kernel {kernel}):")
+    for name, secs, status in timings:
+        print(f"  {name:<22} {secs:8.1f} s  {status}")
+    print(f"  {'total':<22} {time.perf_counter() - t_all:8.1f} s")
+    print(f"executed notebooks and HTML: {build_dir}\nartefacts: {figures_dir / args.profile}")
+    if failed:
+        print(f"\nERROR: {failed}\n  see {build_dir / (failed.notebook + '.html')}; "
+              "artefacts of the notebooks before it were kept", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
