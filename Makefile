@@ -6,7 +6,7 @@ VENV    ?= .venv
 PYTHON  := $(VENV)/bin/python
 PROFILE ?= quick
 STAMP   := $(VENV)/.setup-stamp
-TEX_PACKAGES := texlive-xetex texlive-lang-chinese texlive-fonts-recommended latexmk biber \
+TEX_PACKAGES := texlive-xetex texlive-lang-chinese texlive-fonts-recommended texlive-science latexmk biber \
                 texlive-bibtex-extra poppler-utils
 TEX_TOOLS := xelatex latexmk biber pdffonts pdftotext
 
@@ -50,7 +50,7 @@ test: setup
 figures: $(STAMP)
 	$(PYTHON) tools/make_figures.py --profile $(PROFILE)
 
-thesis: tex
+thesis: tex $(STAMP)
 	$(PYTHON) tools/build_thesis.py $(if $(filter command line,$(origin PROFILE)),--profile $(PROFILE),)
 
 all: setup

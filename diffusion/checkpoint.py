@@ -10,7 +10,8 @@ saying which file and why, never a pickle traceback.
 Layout written by :class:`diffusion.train.Trainer` (``FORMAT`` / ``VERSION`` identify it):
 ``format``, ``version``, ``step``, ``model``, ``ema``, ``optimizer``, ``train_state`` (on-device running
 statistics), ``rank_states`` (per rank: RNG states and data-iterator state), ``world_size``, ``config``
-(plain dict), ``git`` (``commit``, ``dirty``), ``torch_version``, ``created``.
+(plain dict), ``data`` (name, label, channels, image_size, num_classes, class_names), ``git`` (``commit``,
+``dirty``), ``torch_version``, ``created``.
 """
 
 from __future__ import annotations
@@ -118,7 +119,9 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated zip, foreign pickle, disallowed globals, ...
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = next((line for line in lines if line.startswith("WeightsUnpickler error")), None)
+        first_line = detail or (lines[0] if lines else type(err).__name__)
         raise CheckpointError(
             f"{path} is not a readable checkpoint (truncated, corrupt, or not written by this package; "
             f"only weights-only files are accepted): {type(err).__name__}: {first_line}"
@@ -152,9 +155,9 @@ def get_rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     """Restore the states returned by :func:`get_rng_state`."""
     py = state["python"]
-    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss_next"]))
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].cpu().tolist()), py["gauss_next"]))
     npst = state["numpy"]
-    np.random.set_state((npst["name"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
+    np.random.set_state((npst["name"], npst["keys"].cpu().numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
                          npst["cached_gaussian"]))
     torch.set_rng_state(state["torch"].cpu())
     if state["cuda"] and torch.cuda.is_available():

@@ -198,9 +198,16 @@ def _cmd_sample(args) -> int:
 def _cmd_evaluate(args) -> int:
     from diffusion.metrics.evaluate import evaluate
 
-    result = evaluate(ckpt=args.ckpt, metrics=args.metrics, num_samples=args.num_samples, sampler=args.sampler,
-                      steps=args.steps, eta=args.eta, guidance_scale=args.guidance_scale, seed=args.seed,
-                      batch_size=args.batch_size, device=args.device, data_root=args.data_root, out=args.out)
+    model, diffusion, cfg, state = load_trained(args.ckpt, args.device)
+    data_root = args.data_root if args.data_root is not None else cfg.data.root
+    result = evaluate(model, diffusion, cfg.data.name, metrics=args.metrics, num_samples=args.num_samples,
+                      sampler=args.sampler, steps=args.steps, eta=args.eta, guidance_scale=args.guidance_scale,
+                      num_classes=model.num_classes if cfg.model.class_cond else None, batch_size=args.batch_size,
+                      bpd_images=args.bpd_images, seed=args.seed, device=next(model.parameters()).device,
+                      data_root=data_root)
+    result = dict(result, checkpoint=str(args.ckpt), checkpoint_step=int(state["step"]))
+    if args.out is not None:
+        args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(json.dumps(result, indent=2, default=str))
     return 0
 
@@ -291,8 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="FID / IS (pytorch-fid Inception weights needed), classifier FD, conditional "
                                    "accuracy, bits/dim, nearest neighbours; writes a JSON.")
     p.add_argument("--ckpt", required=True, type=Path, help="checkpoint file or run folder")
-    p.add_argument("--metrics", default="cfd,accuracy",
-                   help="comma-separated subset of fid,is,cfd,accuracy,bpd,nn (default cfd,accuracy)")
+    p.add_argument("--metrics", default="fid,is,cfd,accuracy,bpd,nn",
+                   help="comma-separated subset of fid,is,cfd,accuracy,diversity,bpd,nn (default "
+                        "fid,is,cfd,accuracy,bpd,nn; fid/is need pytorch-fid's Inception weights)")
     p.add_argument("--num-samples", type=_positive_int, default=1000, help="generated samples (default 1000)")
     p.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="sampler (default ddim)")
     p.add_argument("--steps", type=_positive_int, default=50, help="sampling steps (default 50)")
@@ -300,9 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance-scale", type=_float, default=None, help="guidance scale w (conditional models)")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="noise seed")
     p.add_argument("--batch-size", type=_positive_int, default=256, help="samples per batch")
+    p.add_argument("--bpd-images", type=_positive_int, default=256, help="held-out images for bits/dim")
     p.add_argument("--data-root", type=Path, default=None, help="dataset folder (default $DDPM_DATA_ROOT)")
     p.add_argument("--device", type=_device, default=None, help="cpu or cuda")
-    p.add_argument("--out", type=Path, default=None, help="JSON output path")
+    p.add_argument("--out", type=Path, default=None, help="JSON output path (default: print only)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("info", help="print the U-Net of a config: stages, parameters, FLOPs",

@@ -3,7 +3,12 @@
 A *model spec* (from ``configs/profiles/<profile>.yaml``, ``common.cond`` / ``common.uncond``) names a config
 file and ``--set``-style overrides::
 
-    {"config": "configs/mnist5k.yaml", "set": {"data.name": "mnist5k", "model.class_cond": true}}
+    {"config": "configs/mnist5k.yaml", "set": {"data.name": "mnist5k", "model.class_cond": true},
+     "downsample": 2, "stage": {"num": 16, "steps": 50}}
+
+``downsample`` (optional) average-pools the images by that factor before training (MNIST-5k at 16×16 for
+the CPU profiles; the display label says so); ``stage`` sets the samples the trainer draws at
+``train.sample_every`` (default 16 images, DDIM with min(50, T) steps).
 
 :func:`trained_model` trains it through :class:`diffusion.train.Trainer` inside :meth:`Artefacts.cached`
 under the key of notebook ``04_training`` (config, data digest, sources of ``diffusion.train`` and what it
@@ -24,7 +29,8 @@ import torch
 
 from diffusion.report import Artefacts, CacheEntry, repo_root
 
-__all__ = ["TrainedModel", "device", "generate", "load_run_config", "model_spec", "train_toy", "trained_model"]
+__all__ = ["TrainedModel", "device", "generate", "load_data", "load_run_config", "model_spec", "nearest_neighbours",
+           "proxy_classifier", "train_toy", "trained_model", "with_overrides"]
 
 TRAIN_PRODUCER = "04_training"
 RECIPE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
@@ -66,6 +72,41 @@ def load_run_config(spec: dict):
     return load_config(path, [_override(k, v) for k, v in (spec.get("set") or {}).items()])
 
 
+def load_data(spec: dict, split: str = "train", cfg=None):
+    """The ``ImageData`` a spec trains on (``split`` "train" or "test"), average-pooled by ``downsample``."""
+    import dataclasses
+
+    import torch.nn.functional as F
+
+    from diffusion.data import load_dataset
+
+    cfg = cfg or load_run_config(spec)
+    data = load_dataset(cfg.data.name, split, root=cfg.data.root)
+    factor = int(spec.get("downsample", 1))
+    if factor < 1 or data.image_size % factor:
+        raise ValueError(f"downsample must be a positive divisor of the image size {data.image_size}, got {factor}")
+    if factor == 1:
+        return data
+    pooled = F.avg_pool2d(data.images.float(), factor).round().clamp(0, 255).to(torch.uint8)
+    side = pooled.shape[-1]
+    return dataclasses.replace(data, images=pooled, label=f"{data.label} at {side}×{side}", digest="")
+
+
+def proxy_classifier(spec: dict, steps: int | None = None, dev: torch.device | None = None):
+    """The offline proxy classifier (``diffusion.metrics.classifier``) of the spec's data (same pooling),
+    trained on its train split with ``steps`` optimiser steps (default: the dataset's default), cached."""
+    import dataclasses
+
+    from diffusion.metrics.classifier import DEFAULT_CONFIGS, ClassifierConfig, cached_classifier
+
+    cfg = load_run_config(spec)
+    train, test = load_data(spec, "train", cfg), load_data(spec, "test", cfg)
+    ccfg = DEFAULT_CONFIGS.get(train.name, ClassifierConfig())
+    if steps is not None:
+        ccfg = dataclasses.replace(ccfg, steps=int(steps))
+    return cached_classifier(train, test, ccfg, dev or device()), test
+
+
 @dataclass
 class TrainedModel:
     """A profile's trained model: EMA and raw weights (eval mode), its diffusion, data and training record."""
@@ -100,16 +141,17 @@ def _config_dict(cfg) -> dict:
     return config_to_dict(cfg)
 
 
-def trained_model(art: Artefacts, spec: dict, which: str, dev: torch.device | None = None) -> TrainedModel:
+def trained_model(art: Artefacts, spec: dict, which: str, dev: torch.device | None = None,
+                  producer: str = TRAIN_PRODUCER, kind: str | None = None) -> TrainedModel:
     """Train (or fetch from the cache) the model of ``spec``; ``which`` is ``cond`` or ``uncond``.
 
-    The cache key is 04_training's whatever notebook asks, so 05 and 06 reuse 04's run. The run folder is
+    The cache key is ``producer``'s (04_training by default) whatever notebook asks, so 05 and 06 reuse
+    04's run; ``kind`` names the cache folder (default ``train-<which>``). The run folder is
     ``<entry>/run`` (``checkpoints/``, ``metrics.jsonl``, ``samples/step_*.npz``); an interrupted training
     (the ``full`` profile) resumes from its last checkpoint when the notebook is rerun.
     """
     from diffusion.checkpoint import load_checkpoint
     from diffusion.config import build_diffusion, build_model
-    from diffusion.data import load_dataset
     from diffusion.model_info import count_parameters
     from diffusion.train import Trainer
 
@@ -117,12 +159,13 @@ def trained_model(art: Artefacts, spec: dict, which: str, dev: torch.device | No
         raise ValueError(f"which must be 'cond' or 'uncond', got {which!r}")
     dev = dev or device()
     cfg = load_run_config(spec)
-    data = load_dataset(cfg.data.name, "train", root=cfg.data.root)
-    sample_steps = min(50, cfg.diffusion.num_timesteps)
+    data = load_data(spec, "train", cfg)
+    stage = {"num": STAGE_SAMPLES, "steps": 50, **(spec.get("stage") or {})}
+    sample_num, sample_steps = int(stage["num"]), min(int(stage["steps"]), cfg.diffusion.num_timesteps)
 
     def work(folder: Path) -> dict:
         trainer = Trainer(cfg, data=data, out_dir=folder / "run", device=dev, resume="auto",
-                          sample_num=STAGE_SAMPLES, sample_sampler="ddim", sample_steps=sample_steps)
+                          sample_num=sample_num, sample_sampler="ddim", sample_steps=sample_steps)
         result = trainer.train()
         if result["interrupted"]:
             raise KeyboardInterrupt(f"training of the {which} model interrupted at step {result['step']}; "
@@ -130,8 +173,8 @@ def trained_model(art: Artefacts, spec: dict, which: str, dev: torch.device | No
         return {k: result[k] for k in ("step", "loss", "ema_loss", "wall_time_s", "elapsed_s", "images_per_s")} | {
             "params": count_parameters(trainer.model), "device": str(dev), "dataset": data.label}
 
-    key = {"recipe": RECIPE, "which": which, "config": _config_dict(cfg), "data": data.digest, "stage": [STAGE_SAMPLES, sample_steps]}
-    entry = art.cached(key, work, kind=f"train-{which}", producer=TRAIN_PRODUCER, modules=["diffusion.train"])
+    key = {"recipe": RECIPE, "which": which, "config": _config_dict(cfg), "data": data.digest, "stage": [sample_num, sample_steps]}
+    entry = art.cached(key, work, kind=kind or f"train-{which}", producer=producer, modules=["diffusion.train"])
     # checkpoints written before train.py stored torch.__version__ as a plain str hold a TorchVersion (a str)
     with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
         state = load_checkpoint(entry.path / "run" / "checkpoints", map_location=dev)
@@ -150,10 +193,12 @@ def trained_model(art: Artefacts, spec: dict, which: str, dev: torch.device | No
 @torch.no_grad()
 def generate(art: Artefacts, tm: TrainedModel, n: int, *, sampler: str = "ddim", steps: int | None = None,
              eta: float = 0.0, guidance_scale: float | None = None, y=None, seed: int = 0, batch_size: int = 256,
-             use_ema: bool = True, var_type: str | None = None, tag: str = "samples") -> dict:
+             use_ema: bool = True, var_type: str | None = None, tag: str = "samples",
+             producer: str | None = None) -> dict:
     """``n`` samples of ``tm`` as uint8 N×C×H×W (``images``), their labels (``labels``, −1 if none) and the
     sampling wall time per image (``seconds_per_image``, of the run that computed them), cached under
-    ``samples`` keyed by the model's cache key and every sampling argument."""
+    ``tag`` keyed by the model's cache key and every sampling argument; ``producer`` names the notebook
+    whose samples these are when another notebook reuses them."""
     from diffusion.metrics.images import to_uint8
     from diffusion.samplers import sample
 
@@ -189,7 +234,22 @@ def generate(art: Artefacts, tm: TrainedModel, n: int, *, sampler: str = "ddim",
         return {"images": torch.cat(out).numpy(), "seconds_per_image": (time.perf_counter() - t0) / n,
                 "labels": labels if labels is not None else np.full(n, -1, dtype=np.int64)}
 
-    return art.cached(key, work, kind=tag, modules=["diffusion.samplers", "diffusion.metrics.images"]).result
+    return art.cached(key, work, kind=tag, producer=producer,
+                      modules=["diffusion.samplers", "diffusion.metrics.images"]).result
+
+
+def with_overrides(spec: dict, overrides: dict) -> dict:
+    """A copy of ``spec`` whose ``set`` overrides are updated by ``overrides``."""
+    return {**spec, "set": {**(spec.get("set") or {}), **overrides}}
+
+
+def nearest_neighbours(samples: np.ndarray, train_images, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (N, k) and L2 distances (N, k) of each uint8 sample's ``k`` nearest training images in pixel
+    space, with images scaled to [-1, 1] (the model's range)."""
+    a = torch.as_tensor(samples).flatten(1).float() / 127.5 - 1
+    b = torch.as_tensor(train_images).flatten(1).float() / 127.5 - 1
+    dist, idx = torch.cdist(a, b).topk(k, dim=1, largest=False)
+    return idx.numpy(), dist.numpy()
 
 
 def train_toy(art: Artefacts, name: str, n_points: int, num_timesteps: int, train_steps: int, batch_size: int,

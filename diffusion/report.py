@@ -105,6 +105,7 @@ def set_style() -> str | None:
     families = ["DejaVu Sans"] + ([cjk] if cjk else [])
     matplotlib.rcParams.update({
         "figure.dpi": 110,
+        "figure.constrained_layout.use": True,
         "savefig.dpi": 200,
         "savefig.bbox": "tight",
         "savefig.pad_inches": 0.03,
@@ -152,12 +153,25 @@ def image_grid(images: np.ndarray | Any, nrow: int, pad: int = 1, pad_value: flo
     return grid
 
 
-def show_images(ax, images, nrow: int, title: str | None = None) -> None:
-    """Draw :func:`image_grid` of ``images`` on ``ax`` (grey for one channel), without axes."""
-    grid = image_grid(images, nrow)
+def show_images(ax, images, nrow: int, title: str | None = None, row_labels: Sequence[str] | None = None) -> None:
+    """Draw :func:`image_grid` of ``images`` (uint8 0…255 or float in [-1, 1]) on ``ax`` (grey for one
+    channel) without axes; ``row_labels`` names the grid's rows on the left."""
+    arr = images.detach().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
+    if arr.dtype == np.uint8:
+        arr = arr.astype(np.float32) / 127.5 - 1
+    grid = image_grid(arr, nrow)
     ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1,
               interpolation="nearest")
-    ax.set_axis_off()
+    ax.grid(False)
+    ax.set_xticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if row_labels is not None:
+        side = arr.shape[-2] + 1  # image height plus the 1-pixel pad of image_grid
+        ax.set_yticks(1 + side * np.arange(len(row_labels)) + arr.shape[-2] / 2, list(row_labels))
+        ax.tick_params(axis="y", length=0)
+    else:
+        ax.set_yticks([])
     if title:
         ax.set_title(title)
 

@@ -90,7 +90,7 @@ def sample(diffusion: GaussianDiffusion, model, shape, sampler: str = "ancestral
            eta: float = 0.0, guidance_scale: float | None = None, y: torch.Tensor | None = None,
            null_class: int | None = None, generator: torch.Generator | None = None, progress: bool = False,
            clip_denoised: bool = True, return_trajectory: bool = False, noise: torch.Tensor | None = None,
-           device=None):
+           device=None, cuda_graph: bool = False):
     """Draw samples in [-1, 1] from ``model`` with the named sampler.
 
     - ``ancestral``: algorithm 2 (eq. 15) over all T steps, or over ``steps`` respaced steps;
@@ -99,6 +99,8 @@ def sample(diffusion: GaussianDiffusion, model, shape, sampler: str = "ancestral
     With ``guidance_scale`` = w the model is wrapped by classifier-free guidance, eq. (18) (needs ``y``
     and ``null_class``); otherwise ``y`` (if given) is passed to the model as its class labels.
     With ``return_trajectory`` also returns x_t and the predicted x_0 at about ten steps.
+    With ``cuda_graph`` (CUDA only; issue 6) the model call is captured once as a CUDA graph for this batch
+    shape and replayed at every step (``diffusion.cuda_graph.GraphedModel``; eager fallback with a warning).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
@@ -129,6 +131,12 @@ def sample(diffusion: GaussianDiffusion, model, shape, sampler: str = "ancestral
     if return_trajectory:
         traj_steps = list(np.unique(np.linspace(0, T - 1, 10).round().astype(int)))
     with _eval_mode(model):
+        # --- optional CUDA-graph replay of the model call (issue 6) ---
+        if cuda_graph:
+            from .cuda_graph import GraphedModel
+            example_x = noise if noise is not None else torch.zeros(shape, device=device)
+            net = GraphedModel(net, example_x, torch.zeros(shape[0], dtype=torch.long, device=device), example_y=y)
+        # --- end CUDA graph ---
         if sampler == "dpmpp2m":
             base = diffusion.base if isinstance(diffusion, SpacedDiffusion) else diffusion
             if traj_steps is not None:

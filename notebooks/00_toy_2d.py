@@ -40,7 +40,6 @@ import torch
 
 from diffusion import experiments, report
 from diffusion.gaussian_diffusion import create_diffusion
-from diffusion.samplers import sample
 from diffusion.toy import make_toy_2d
 
 torch.manual_seed(seed)
@@ -77,10 +76,12 @@ print(f"trained {train_steps} steps in {train_log['wall_time_s']:.1f} s; final l
 # ## Reverse process: ancestral sampling (eq. 15) from x_T ~ N(0, I)
 
 # %%
+# the loop of algorithm 2 itself: the toy data are not images, so nothing is clipped to [-1, 1]
 gen = torch.Generator().manual_seed(seed + 7)
-x_gen, traj = sample(diffusion, model, (n_samples, 2), sampler="ancestral", generator=gen,
-                     return_trajectory=True, clip_denoised=False)
-print("recorded timesteps:", traj["t"])
+record = np.linspace(0, num_timesteps - 1, len(show_t)).round().astype(int)[1:]
+x_gen, traj = diffusion.p_sample_loop(model, (n_samples, 2), generator=gen, clip_denoised=False,
+                                      trajectory_steps=record)
+print("recorded timesteps (thesis numbering):", [t + 1 for t in traj["t"]])
 
 # %%
 cols = len(show_t)
@@ -88,8 +89,7 @@ fig, axes = plt.subplots(2, cols, figsize=(1.6 * cols, 3.5), sharex=True, sharey
 for ax, t, xt in zip(axes[0], show_t, forward):
     ax.scatter(xt[:, 0], xt[:, 1], s=1, alpha=0.4, rasterized=True)
     ax.set_title(f"q: t = {t + 1}")
-rev_idx = np.linspace(0, len(traj["t"]) - 1, cols).round().astype(int)
-for ax, j in zip(axes[1], rev_idx):
+for ax, j in zip(axes[1][:-1], range(len(traj["t"]))):
     xt = traj["x_t"][j]
     ax.scatter(xt[:, 0], xt[:, 1], s=1, alpha=0.4, color="C1", rasterized=True)
     ax.set_title(f"p_θ: t = {traj['t'][j] + 1}")

@@ -34,7 +34,6 @@ flops = True
 
 # %%
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
 
 from diffusion import experiments, report

@@ -88,22 +88,13 @@ art.save_figure(fig, "loss_curve", dataset=" / ".join(tm.data.label for tm in mo
 # conditional rows cycle through the classes.
 
 # %%
-stages = {w: tm.stage_samples() for w, tm in models.items()}
-n_rows = max(len(v) for v in stages.values())
-if n_rows:
-    ncol = min(stage_samples, 10)
-    fig, axes = plt.subplots(n_rows, 2, figsize=(2 * 0.55 * ncol, 0.75 * n_rows + 0.6), squeeze=False)
-    for j, which in enumerate(models):
-        for i in range(n_rows):
-            ax = axes[i][j]
-            if i < len(stages[which]):
-                step, imgs = stages[which][i]
-                report.show_images(ax, imgs[:ncol].astype(np.float32) / 127.5 - 1, nrow=ncol)
-                ax.set_axis_on(), ax.set_xticks([]), ax.set_yticks([]), ax.grid(False)
-                ax.set_ylabel(f"step {step:,}", rotation=0, ha="right", va="center")
-            else:
-                ax.set_axis_off()
-        axes[0][j].set_title(f"{label[which]} ({models[which].data.label})")
+stages = [(w, step, imgs) for w, tm in models.items() for step, imgs in tm.stage_samples()]
+if stages:
+    ncol = min(stage_samples, min(len(imgs) for _, _, imgs in stages))
+    fig, ax = plt.subplots(figsize=(0.5 * ncol + 2.0, 0.5 * len(stages) + 0.5))
+    report.show_images(ax, np.concatenate([imgs[:ncol] for _, _, imgs in stages]), nrow=ncol,
+                       row_labels=[f"{label[w]}, step {step:,}" for w, step, _ in stages])
+    ax.set_title(f"EMA samples during training ({models['cond'].data.label})")
     art.save_figure(fig, "training_stages", dataset=" / ".join(tm.data.label for tm in models.values()))
 else:
     print("no stage samples: the configs set no train.sample_every")
@@ -117,7 +108,7 @@ out = experiments.generate(art, tm, n_samples, sampler=sampler, steps=min(sample
                            seed=seed)
 fig, ax = plt.subplots(figsize=(5, 5))
 nrow = int(np.ceil(np.sqrt(n_samples)))
-report.show_images(ax, out["images"].astype(np.float32) / 127.5 - 1, nrow=nrow)
+report.show_images(ax, out["images"], nrow=nrow)
 ax.set_title(f"{tm.data.label}, unconditional, {sampler} {min(sample_steps, tm.diffusion.num_timesteps)} steps")
 art.save_figure(fig, "uncond_samples", **prov["uncond"])
 
@@ -132,7 +123,7 @@ fig, axes = plt.subplots(1, 2, figsize=(7, 3.8))
 for ax, use_ema in zip(axes, (True, False)):
     o = experiments.generate(art, tm, n_cmp, sampler=sampler, steps=steps_cmp, seed=seed + 1, use_ema=use_ema,
                              tag="ema_vs_raw")
-    report.show_images(ax, o["images"].astype(np.float32) / 127.5 - 1, nrow=int(np.ceil(np.sqrt(n_cmp))))
+    report.show_images(ax, o["images"], nrow=int(np.ceil(np.sqrt(n_cmp))))
     ax.set_title(("EMA" if use_ema else "raw") + f" weights, decay {tm.cfg.train.ema_decay}")
 art.save_figure(fig, "ema_vs_raw", **prov["uncond"])
 

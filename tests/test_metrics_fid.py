@@ -173,7 +173,7 @@ def test_reference_statistics_keyed_by_digest(tmp_path, monkeypatch):
                         lambda images, net, bs, progress: (seen.append(1) or images.flatten(1).double().numpy(), None))
 
     class Data:
-        name, digest = "toy", "abc"
+        name, split, digest = "toy", "train", "abc"
         images = torch.arange(24, dtype=torch.uint8).reshape(4, 1, 2, 3) ** 2
 
     fid_mod.reference_statistics(Data, net=None)

@@ -187,3 +187,14 @@ def test_environment_fields():
     assert report.device_name()
     assert report.git_commit()
     assert report.torch_version()
+
+
+def test_show_images_accepts_uint8_and_labels_rows():
+    fig, ax = plt.subplots()
+    imgs = np.zeros((4, 1, 6, 6), np.uint8)
+    imgs[1] = 255
+    report.show_images(ax, imgs, nrow=2, row_labels=["a", "b"])
+    shown = ax.images[0].get_array()
+    assert shown.shape == (2 * 7 + 1, 2 * 7 + 1) and shown[1, 1] == 0.0 and shown[1, 8] == 1.0
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b"]
+    plt.close(fig)

@@ -78,6 +78,7 @@ def parse_contract(path: Path) -> tuple[dict[str, str], dict[str, str], dict[str
     tables: dict[str, str] = {}
     numbers: dict[str, str] = {}
     section = None
+    current = None
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.startswith("## "):
             section = line[3:].strip().split()[0].lower()
@@ -87,11 +88,15 @@ def parse_contract(path: Path) -> tuple[dict[str, str], dict[str, str], dict[str
             if m:
                 (figures if section == "figures" else tables)[m.group(1)] = m.group(2)
         elif section == "numbers":
-            head, _, rest = line.partition(":")
-            nb = re.search(r"\d\d_[a-z0-9_]+", head)
-            if nb and rest:
-                for macro in re.findall(r"`\\([A-Za-z]+)`", rest):
-                    numbers[macro] = nb.group(0)
+            # "General (04_training): `\X`, ..." or "03_unet: ..."; lines without a head continue the last one
+            head = re.match(r"^\s*(?:[A-Za-z ]*\()?(\d\d_[a-z0-9_]+)\)?\s*:", line)
+            if head:
+                current = head.group(1)
+            elif not line.strip():
+                current = None
+            if current:
+                for macro in re.findall(r"`\\([A-Za-z]+)`", line):
+                    numbers[macro] = current
     if not figures or not tables or not numbers:
         raise BuildError(f"could not parse the figure, table and number lists of {path}")
     return figures, tables, numbers
@@ -273,7 +278,7 @@ def provenance_tex(records: dict[str, dict], figs: list[str], tabs: list[str]) -
     for name, rec in records.items():
         by_short.setdefault(_short_name(name), rec)
     out = [r"\begin{description}[style=nextline,leftmargin=1.5em,font=\normalfont\ttfamily\small]",
-           r"\small"]
+           r"\small\raggedright"]
     for kind, names in (("图", figs), ("表", tabs)):
         for name in names:
             rec = records.get(name) or by_short.get(name)
@@ -289,7 +294,7 @@ def provenance_tex(records: dict[str, dict], figs: list[str], tabs: list[str]) -
             commit = _field(rec, "commit", "git_commit", "git")
             items = [
                 ("notebook", _field(rec, "notebook")),
-                ("commit", str(commit)[:12] if commit else None),
+                ("commit", str(commit)[:12] if commit and re.fullmatch(r"[0-9a-f]{13,}", str(commit)) else commit),
                 ("数据集", _field(rec, "dataset_label", "dataset", "data")),
                 ("种子", _field(rec, "seed")),
                 ("设备", _field(rec, "device")),
@@ -305,7 +310,7 @@ def provenance_tex(records: dict[str, dict], figs: list[str], tabs: list[str]) -
                     parts.append(f"{key}：{tex_escape(value) if value is not None else '—'}")
             config = tex_escape(_format_config(_field(rec, "config", "config_path", "params")))
             out.append(f"\\item[{label}] " + "；".join(parts) + "。\\\\")
-            out.append(f"{{\\footnotesize 配置：\\texttt{{{config}}}}}")
+            out.append(f"{{\\footnotesize\\raggedright 配置：\\texttt{{{config}}}\\par}}")
     out.append(r"\end{description}")
     return "\n".join(out) + "\n"
 

@@ -106,6 +106,9 @@ def run_notebook(name: str, params: dict, notebooks_dir: Path, build_dir: Path, 
         cell = f"cell {exc.cell_index} (execution count {exc.exec_count})"
         first = next((ln for ln in exc.source.splitlines() if ln.strip() and not ln.startswith("#")), "")
         error = NotebookFailed(name, cell, f"{exc.ename}: {exc.evalue}  [cell starts: {first[:80]}]")
+    except Exception as exc:  # the kernel died, a cell timed out, the kernel could not start, ...
+        cell = "the running cell (see the executed notebook)"
+        error = NotebookFailed(name, cell, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
     if nb_out.is_file():
         html, _ = HTMLExporter().from_notebook_node(nbformat.read(nb_out, as_version=4))
         (build_dir / f"{name}.html").write_text(html, encoding="utf-8")

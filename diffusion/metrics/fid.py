@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from scipy import linalg
 
-from .cache import cache_dir, cache_key, data_digest
+from .cache import cache_dir, cache_key
 from .inception import FEATURE_DIM, FIDInception, inception_features_and_logits
 
 MIN_UNBIASED_SAMPLES = 2048
@@ -91,7 +91,7 @@ def cached_statistics(key: str, compute: Callable[[], tuple[np.ndarray, np.ndarr
 def reference_statistics(data, net: FIDInception, batch_size: int = 50, progress: bool = True,
                          ) -> tuple[np.ndarray, np.ndarray]:
     """Inception statistics (μ, Σ) of a dataset split (an ``ImageData``), cached by name, split size and digest."""
-    key = cache_key(data.name, len(data.images), data_digest(data)[:16], f"inception{FEATURE_DIM}")
+    key = cache_key(data.name, data.split, len(data.images), data.digest, f"inception{FEATURE_DIM}")
     return cached_statistics(key, lambda: activation_statistics(
         inception_features_and_logits(data.images, net, batch_size, progress)[0]))
 

@@ -35,7 +35,3 @@ def to_uint8(images: torch.Tensor, name: str = "images") -> torch.Tensor:
     x = (images.detach().float().clamp(-1.0, 1.0) + 1.0) * 127.5 + 0.5
     return x.floor_().clamp_(0, 255).to(torch.uint8)
 
-
-def uint8_to_model_range(images: torch.Tensor) -> torch.Tensor:
-    """Map uint8 pixels {0..255} to float32 in [-1, 1] (section 2.4.2): x / 127.5 − 1."""
-    return images.float() / 127.5 - 1.0

@@ -1,0 +1,138 @@
+"""Tests of tools/make_figures.py: publishing per notebook, merged outputs, failure reporting, GPU guard."""
+
+import importlib.util
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+spec = importlib.util.spec_from_file_location("make_figures", ROOT / "tools" / "make_figures.py")
+mf = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mf)
+
+from diffusion import report  # noqa: E402
+
+
+def _stage(tmp_path, notebook, figure, number, value):
+    """A staging folder as a notebook run would leave it (written with the real Artefacts)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stage = tmp_path / "stage" / notebook
+    art = report.Artefacts("quick", notebook, stage, dataset="MNIST-5k", seed=0)
+    fig, ax = plt.subplots(figsize=(1, 1))
+    ax.plot([0, 1])
+    art.save_figure(fig, figure)
+    art.save_table(figure + "_tab", report.booktabs_tabular(["a"], [[value]], align="r"))
+    art.number(number, value)
+    return stage
+
+
+def test_publish_replaces_only_that_notebook(tmp_path):
+    figs = tmp_path / "figures"
+    order = ["01_a", "02_b"]
+    mf.publish("01_a", _stage(tmp_path, "01_a", "fig_a", "NumA", 1), figs, "quick", order)
+    mf.publish("02_b", _stage(tmp_path, "02_b", "fig_b", "NumB", 2), figs, "quick", order)
+    out = figs / "quick"
+    assert {p.name for p in out.glob("*.pdf")} == {"fig_a.pdf", "fig_b.pdf"}
+    # rerun of 01_a writes a differently named figure: the old one disappears, 02_b's stay
+    mf.publish("01_a", _stage(tmp_path, "01_a", "fig_a2", "NumA", 3), figs, "quick", order)
+    assert {p.name for p in out.glob("*.pdf")} == {"fig_a2.pdf", "fig_b.pdf"}
+    assert not (out / "tables" / "fig_a_tab.tex").exists() and (out / "tables" / "fig_b_tab.tex").exists()
+    numbers = (out / "numbers.tex").read_text()
+    assert r"\newcommand{\NumA}{3}" in numbers and r"\newcommand{\NumB}{2}" in numbers
+    assert numbers.count(r"\newcommand{\NumA}") == 1
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["profile"] == "quick" and set(prov["notebooks"]) == {"01_a", "02_b"}
+    assert {e["artefact"] for e in prov["artefacts"]} == {"fig_a2", "fig_a2_tab", "NumA", "fig_b", "fig_b_tab",
+                                                           "NumB"}
+    tab = (out / "tables" / "provenance.tex").read_text()
+    assert r"\toprule" in tab and "fig\\_a2" in tab and "SMOKE" not in tab
+    assert not list(figs.glob(".quick.*"))  # no leftovers of the swap
+
+
+def test_duplicate_number_is_an_error(tmp_path):
+    figs = tmp_path / "figures"
+    mf.publish("01_a", _stage(tmp_path, "01_a", "f1", "Same", 1), figs, "quick", ["01_a", "02_b"])
+    with pytest.raises(ValueError, match="Same"):
+        mf.publish("02_b", _stage(tmp_path, "02_b", "f2", "Same", 2), figs, "quick", ["01_a", "02_b"])
+    assert (figs / "quick" / "f1.pdf").exists() and not (figs / "quick" / "f2.pdf").exists()
+
+
+def _fake_repo(tmp_path):
+    root = tmp_path / "repo"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "configs" / "profiles").mkdir(parents=True)
+    for prof in ("smoke", "gpu"):
+        (root / "configs" / "profiles" / f"{prof}.yaml").write_text(
+            f"profile: {prof}\ncommon: {{seed: 0}}\nnotebooks:\n  02_bad: {{fail: true}}\n")
+    header = '# %% tags=["parameters"]\nprofile = "quick"\nout_dir = None\ncache_dir = None\nseed = 0\nfail = False\n'
+    body = textwrap.dedent('''
+        # %%
+        from diffusion import report
+        art = report.Artefacts(profile, NAME, out_dir, cache_root=cache_dir, seed=seed)
+        art.number(NUM, 7)
+        # %%
+        x = 1
+        # %%
+        if fail:
+            raise RuntimeError("deliberate failure")
+        ''')
+    (root / "notebooks" / "01_ok.py").write_text(header + body.replace("NAME", "'01_ok'").replace("NUM", "'Ok'"))
+    (root / "notebooks" / "02_bad.py").write_text(header + body.replace("NAME", "'02_bad'").replace("NUM", "'Bad'"))
+    return root
+
+
+@pytest.mark.timeout(240)
+def test_run_stops_at_failing_cell_and_keeps_earlier(tmp_path, monkeypatch, capsys):
+    root = _fake_repo(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.setenv("DDPM_CACHE_DIR", str(tmp_path / "cache"))
+    rc = mf.main(["--profile", "smoke", "--root", str(root), "--kernel", "python3"])
+    err = capsys.readouterr()
+    assert rc == 1
+    assert "02_bad" in err.err and "cell" in err.err and "deliberate failure" in err.err
+    assert "01_ok" in err.out and "FAILED" in err.out  # the wall-time summary
+    out = root / "figures" / "smoke"
+    assert r"\newcommand{\Ok}{7}" in (out / "numbers.tex").read_text()
+    assert r"\Bad" not in (out / "numbers.tex").read_text()
+    assert (out / "tables" / "provenance.tex").read_text().count("SMOKE TEST") >= 1
+    build = root / "build" / "notebooks" / "smoke"
+    assert (build / "01_ok.html").is_file() and (build / "02_bad.html").is_file()
+    assert (build / "01_ok.ipynb").is_file()
+
+
+def test_gpu_profile_refused_without_cuda(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    root = _fake_repo(tmp_path)
+    assert mf.main(["--profile", "gpu", "--root", str(root)]) == 2
+    assert not (root / "figures" / "gpu").exists()
+
+
+def test_bad_arguments(tmp_path):
+    root = _fake_repo(tmp_path)
+    with pytest.raises(SystemExit):
+        mf.main(["--profile", "medium", "--root", str(root)])
+    with pytest.raises(SystemExit):
+        mf.main(["--profile", "smoke", "--notebooks", "03_nope", "--root", str(root)])
+    assert mf.notebook_names(root / "notebooks", "02_bad,01_ok") == ["01_ok", "02_bad"]
+
+
+def test_real_profiles_are_complete():
+    """Every profile names both models and gives every notebook's section."""
+    names = mf.notebook_names(ROOT / "notebooks", None)
+    assert names[:2] == ["00_toy_2d", "01_forward_process"] and len(names) == 7
+    for prof in report.PROFILES:
+        data = mf.load_profile(prof, ROOT / "configs" / "profiles")
+        assert {"cond", "uncond", "variants", "classifier_steps"} <= set(data["common"])
+        assert set(data["notebooks"]) == set(names), prof
+        for which in ("cond", "uncond"):
+            assert (ROOT / data["common"][which]["config"]).is_file()
+    assert os.path.isfile(ROOT / "jupytext.toml")

@@ -1,0 +1,121 @@
+"""The offline proxy classifier: training on a tiny set, caching, features, classifier FD, accuracy, diversity."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from diffusion.data import ImageData
+from diffusion.metrics import classifier as clf_mod
+from diffusion.metrics.classifier import (ClassifierConfig, cached_classifier, class_diversity, classifier_fd,
+                                          classifier_features, classifier_predict, conditional_accuracy)
+from diffusion.metrics.fid import activation_statistics, frechet_distance
+
+TINY = ClassifierConfig(width=8, steps=60, batch_size=64, lr=1e-2)
+
+
+def _digits():
+    """scikit-learn's 8×8 digits (17 grey levels) as uint8 train / test ImageData."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = torch.from_numpy((d.images * (255 / 16)).round().astype(np.uint8))[:, None]
+    labels = torch.from_numpy(d.target.astype(np.int64))
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    tr, te = perm[:1200], perm[1200:1500]
+    names = tuple(str(i) for i in range(10))
+    return (ImageData(images[tr], labels[tr], 10, names, "digits 8×8", "digits", "train"),
+            ImageData(images[te], labels[te], 10, names, "digits 8×8", "digits", "test"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small convolutions: one thread is far faster on busy cores
+    mp = pytest.MonkeyPatch()
+    cache = tmp_path_factory.mktemp("cache")
+    mp.setenv("DDPM_CACHE", str(cache))
+    train, test = _digits()
+    clf = cached_classifier(train, test, TINY, device="cpu", progress=False)
+    yield clf, train, test, cache
+    mp.undo()
+    torch.set_num_threads(threads)
+
+
+def test_classifier_learns_and_reports_held_out_accuracy(trained):
+    clf, train, test, _ = trained
+    pred = classifier_predict(clf, test.images)
+    assert clf.accuracy == pytest.approx(float((pred == test.labels).float().mean()))
+    assert clf.accuracy > 0.6  # chance is 0.1; 60 steps on 1,200 digits
+    assert clf.dataset_label == "digits 8×8"
+
+
+def test_classifier_cache_reloads_without_training(trained, monkeypatch):
+    clf, train, test, cache = trained
+    monkeypatch.setenv("DDPM_CACHE", str(cache))
+    assert len(list((cache / "classifier").glob("*.pt"))) == 1
+
+    def boom(*a, **k):
+        raise AssertionError("retrained although cached")
+
+    monkeypatch.setattr(clf_mod, "train_classifier", boom)
+    again = cached_classifier(train, test, TINY, device="cpu", progress=False)
+    assert again.accuracy == clf.accuracy
+    np.testing.assert_allclose(classifier_features(again, test.images[:20]),
+                               classifier_features(clf, test.images[:20]))
+    # other hyper-parameters are another cache entry
+    with pytest.raises(AssertionError, match="retrained"):
+        cached_classifier(train, test, ClassifierConfig(width=8, steps=61), device="cpu", progress=False)
+
+
+def test_features_and_float_inputs(trained):
+    clf, _, test, _ = trained
+    feats = classifier_features(clf, test.images[:10])
+    assert feats.shape == (10, clf_mod.FEATURE_DIM) and feats.dtype == np.float64
+    as_float = test.images[:10].float() / 127.5 - 1  # the model range; quantised back to the same uint8
+    np.testing.assert_allclose(classifier_features(clf, as_float), feats, rtol=1e-6)
+    with pytest.raises(ValueError, match="channels"):
+        classifier_features(clf, torch.zeros(2, 3, 8, 8, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="3 NaN"):
+        classifier_features(clf, torch.tensor([float("nan")] * 3 + [0.0]).reshape(1, 1, 2, 2))
+
+
+def test_classifier_fd_is_frechet_distance_of_features(trained):
+    clf, train, test, _ = trained
+    with pytest.warns(UserWarning, match="biased"):
+        out = classifier_fd(clf, train.images[:300], test.images)
+    mu1, s1 = activation_statistics(classifier_features(clf, train.images[:300]))
+    mu2, s2 = activation_statistics(classifier_features(clf, test.images))
+    assert out["cfd"] == pytest.approx(frechet_distance(mu1, s1, mu2, s2), rel=1e-9)
+    assert out["classifier_accuracy"] == clf.accuracy and out["num_samples"] == 300
+    # real vs real is far closer than real vs noise
+    noise = torch.randint(0, 256, (300, 1, 8, 8), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    with pytest.warns(UserWarning):
+        far = classifier_fd(clf, noise, (mu2, s2))["cfd"]
+    assert far > 3 * out["cfd"]
+
+
+def test_conditional_accuracy_and_diversity(trained):
+    clf, _, test, _ = trained
+    acc = conditional_accuracy(clf, test.images, test.labels)
+    assert acc["accuracy"] == pytest.approx(clf.accuracy)
+    assert acc["classifier_accuracy"] == clf.accuracy and len(acc["per_class"]) == 10
+    wrong = conditional_accuracy(clf, test.images, (test.labels + 1) % 10)
+    assert wrong["accuracy"] < acc["accuracy"]
+    with pytest.raises(ValueError, match="labels must lie"):
+        conditional_accuracy(clf, test.images[:2], torch.tensor([0, 10]))
+
+    div = class_diversity(clf, test.images, test.labels)
+    f = torch.from_numpy(classifier_features(clf, test.images))
+    sel = f[test.labels == 3]
+    k = len(sel)
+    brute = sum(float((sel[i] - sel[j]).norm()) for i in range(k) for j in range(k) if i != j) / (k * (k - 1))
+    assert div["per_class"][3] == pytest.approx(brute, rel=1e-6)
+    # copies of one image per class have no diversity
+    one = torch.stack([test.images[test.labels == c][0] for c in range(10) for _ in range(3)])
+    lab = torch.arange(10).repeat_interleave(3)
+    assert class_diversity(clf, one, lab)["diversity"] == pytest.approx(0.0, abs=1e-9)
+    assert math.isnan(class_diversity(clf, one[:4], lab[:4])["per_class"][5])

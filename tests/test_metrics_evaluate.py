@@ -1,0 +1,110 @@
+"""evaluate(): the JSON record, and every bad-input path with a clear message."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from diffusion.data import DatasetNotFoundError
+from diffusion.gaussian_diffusion import create_diffusion
+from diffusion.metrics import classifier as clf_mod
+from diffusion.metrics.evaluate import evaluate, parse_metrics
+from diffusion.metrics.inception import InceptionWeightsMissing
+
+
+class TinyEps(nn.Module):
+    def __init__(self, channels=1, num_classes=None, nan=False):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.num_classes, self.nan = num_classes, nan
+        self.emb = nn.Embedding(num_classes + 1, channels) if num_classes else None
+
+    def forward(self, x, t, y=None):
+        h = 0.1 * self.conv(x)
+        if self.emb is not None and y is not None:
+            h = h + self.emb(y)[:, :, None, None]
+        return h * float("nan") if self.nan else h
+
+
+@pytest.fixture(autouse=True)
+def offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # no Inception weights there
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def untrained_classifier(monkeypatch):
+    """Stand-in for the trained proxy classifier: an untrained net, so no training happens here."""
+    def fake(train, test, config=None, device=None, progress=True, retrain=False):
+        net = clf_mod.SmallCNN(train.images.shape[1], train.num_classes, 4).eval()
+        return clf_mod.ProxyClassifier(net, 0.5, train.label, train.name, train.num_classes, clf_mod.ClassifierConfig())
+
+    monkeypatch.setattr(clf_mod, "cached_classifier", fake)
+
+
+def test_parse_metrics():
+    assert parse_metrics("cfd, accuracy,cfd") == ["cfd", "accuracy"]
+    with pytest.raises(ValueError, match="unknown name.*'fdi'.*allowed: fid, is"):
+        parse_metrics("fdi,cfd")
+    with pytest.raises(ValueError, match="at least one"):
+        parse_metrics("")
+
+
+def test_evaluate_writes_json_with_every_number(tmp_path, untrained_classifier):
+    diffusion = create_diffusion(num_timesteps=4)
+    model = TinyEps(num_classes=10)
+    out = tmp_path / "eval.json"
+    with pytest.warns(UserWarning, match="2048"):
+        rec = evaluate(model, diffusion, "mnist5k", metrics=("fid", "cfd", "accuracy", "diversity", "bpd", "nn"),
+                       num_samples=20, sampler="ddim", steps=2, guidance_scale=3.0, batch_size=8, bpd_images=3,
+                       allow_download=False, progress=False, out_json=out)
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(rec, default=str))
+    assert rec["dataset"] == "MNIST-5k" and rec["num_samples"] == 20 and rec["sampler"] == "ddim"
+    assert rec["steps"] == 2 and rec["guidance_scale"] == 3.0 and rec["class_conditional"]
+    m = rec["metrics"]
+    assert m["fid"].startswith("unavailable: Inception weights not obtainable offline (expected at ")
+    assert str(tmp_path / "torch_home") in m["fid"]
+    assert math.isfinite(m["cfd"]["cfd"]) and m["cfd"]["classifier_accuracy"] == 0.5
+    assert 0 <= m["accuracy"]["accuracy"] <= 1 and m["accuracy"]["num_samples"] == 20
+    assert math.isfinite(m["diversity"]["diversity"])
+    assert m["bpd"]["bpd"] == pytest.approx(m["bpd"]["prior_bpd"] + m["bpd"]["kl_bpd"] + m["bpd"]["decoder_bpd"])
+    assert m["bpd"]["num_images"] == 3
+    assert 0 <= m["nn"]["min_distance"] <= m["nn"]["median_distance"] and len(m["nn"]["first_indices"]) == 20
+    assert rec["sampling_seconds_per_image"] > 0 and rec["classifier_accuracy"] == 0.5
+    assert any("2048" in w for w in rec["warnings"])
+
+
+def test_only_inception_metrics_without_weights_raise():
+    with pytest.raises(InceptionWeightsMissing, match="pt_inception-2015-12-05-6726825d.pth"):
+        evaluate(TinyEps(), create_diffusion(num_timesteps=2), "mnist5k", metrics="fid,is", num_samples=4,
+                 allow_download=False, progress=False)
+
+
+def test_unknown_metric_and_bad_arguments():
+    model, diffusion = TinyEps(), create_diffusion(num_timesteps=2)
+    with pytest.raises(ValueError, match="unknown name"):
+        evaluate(model, diffusion, "mnist5k", metrics="nn,precision", num_samples=4)
+    with pytest.raises(ValueError, match="class-conditional"):
+        evaluate(model, diffusion, "mnist5k", metrics="accuracy", num_samples=4)
+    with pytest.raises(ValueError, match="guidance_scale"):
+        evaluate(model, diffusion, "mnist5k", metrics="nn", num_samples=4, guidance_scale=2.0)
+    with pytest.raises(ValueError, match="num_samples"):
+        evaluate(model, diffusion, "mnist5k", metrics="nn", num_samples=1)
+
+
+def test_missing_dataset(tmp_path, monkeypatch):
+    monkeypatch.setenv("DDPM_DATA_ROOT", str(tmp_path / "nowhere"))
+    with pytest.raises(DatasetNotFoundError):
+        evaluate(TinyEps(3), create_diffusion(num_timesteps=2), "cifar10-jpeg", metrics="nn", num_samples=4,
+                 progress=False)
+
+
+def test_nan_samples_are_reported_with_a_count():
+    with pytest.raises(ValueError, match=r"contain \d+ NaN"):
+        evaluate(TinyEps(nan=True), create_diffusion(num_timesteps=2), "mnist5k", metrics="nn", num_samples=4,
+                 progress=False)
