@@ -204,7 +204,7 @@ def _cmd_evaluate(args) -> int:
                       sampler=args.sampler, steps=args.steps, eta=args.eta, guidance_scale=args.guidance_scale,
                       num_classes=model.num_classes if cfg.model.class_cond else None, batch_size=args.batch_size,
                       bpd_images=args.bpd_images, seed=args.seed, device=next(model.parameters()).device,
-                      data_root=data_root)
+                      data_root=data_root, image_size=cfg.data.image_size)
     result = dict(result, checkpoint=str(args.ckpt), checkpoint_step=int(state["step"]))
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
@@ -219,7 +219,8 @@ def _cmd_info(args) -> int:
     cfg = load_config(args.config, args.set or ())
     if cfg.data.name not in DATASET_SHAPES:
         raise UsageError(f"data.name must be one of {', '.join(DATASET_SHAPES)} for info, got {cfg.data.name!r}")
-    standin = data_standin(*DATASET_SHAPES[cfg.data.name])
+    channels, native, classes = DATASET_SHAPES[cfg.data.name]
+    standin = data_standin(channels, cfg.data.image_size or native, classes)
     variants = {}
     for cond in (False, True):
         c = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, class_cond=cond))

@@ -58,11 +58,13 @@ class DiffusionConfig:
 @dataclass
 class DataConfig:
     """Dataset name (``diffusion.data.DATASET_NAMES`` or ``toy:<name>``), data root (None: ``$DDPM_DATA_ROOT``
-    or ``<repo>/data``) and random horizontal flips during training."""
+    or ``<repo>/data``), random horizontal flips during training, and an optional training resolution
+    ``image_size`` (average-pooled from the native size; None keeps it)."""
 
     name: str = "cifar10"
     root: str | None = None
     hflip: bool = True
+    image_size: int | None = None
 
 
 @dataclass
@@ -215,6 +217,8 @@ def _validate(cfg: Config) -> None:
     toy_names = tuple(f"toy:{n}" for n in TOY_NAMES)
     _check(data.name in DATASET_NAMES + toy_names, "data.name", f"one of {', '.join(DATASET_NAMES + toy_names)}",
            data.name)
+    _check(data.image_size is None or data.image_size >= 1, "data.image_size", "null or a positive integer",
+           data.image_size)
     _check((m.kind == "mlp") == (data.name in toy_names), "model.kind",
            "'mlp' exactly when data.name is a toy: dataset", (m.kind, data.name))
     _check(not (m.kind == "mlp" and m.class_cond), "model.class_cond", "false for kind 'mlp'", m.class_cond)

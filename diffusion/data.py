@@ -28,6 +28,7 @@ index K = 0).
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import importlib.resources
@@ -46,7 +47,7 @@ from diffusion.toy import make_toy_2d
 
 __all__ = [
     "DATASET_NAMES", "DatasetNotFoundError", "ImageData", "InfiniteBatches", "SPLITS", "from_model_range",
-    "load_dataset", "make_toy_2d", "random_hflip", "resolve_cache_dir", "resolve_data_root", "to_model_range",
+    "downsample", "load_dataset", "make_toy_2d", "random_hflip", "resolve_cache_dir", "resolve_data_root", "to_model_range",
 ]
 
 DATASET_NAMES = ("mnist5k", "cifar10", "cifar10-jpeg", "celeba64", "celeba-6k")
@@ -390,8 +391,20 @@ def _load_celeba64(split: str, root: Path, download: bool | None) -> ImageData:
     return _pack(images, np.zeros(len(images), dtype=np.int64), 0, (), "CelebA 64×64", "celeba64", split, folder)
 
 
+def downsample(data: ImageData, image_size: int | None) -> ImageData:
+    """``data`` average-pooled to ``image_size`` (an integer divisor of its size; None or the native size:
+    unchanged), rounded back to uint8 and labelled with its new size (e.g. "MNIST-5k at 16×16")."""
+    if image_size is None or image_size == data.image_size:
+        return data
+    if not isinstance(image_size, int) or image_size < 1 or data.image_size % image_size:
+        raise ValueError(f"image_size must divide the native size {data.image_size} of {data.name}, got {image_size!r}")
+    factor = data.image_size // image_size
+    pooled = torch.nn.functional.avg_pool2d(data.images.float(), factor).round().clamp(0, 255).to(torch.uint8)
+    return dataclasses.replace(data, images=pooled, label=f"{data.label} at {image_size}×{image_size}", digest="")
+
+
 def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None = None,
-                 download: bool | None = None) -> ImageData:
+                 download: bool | None = None, image_size: int | None = None) -> ImageData:
     """Load an image dataset into memory as uint8 N×C×H×W (see the module docstring for the names).
 
     Args:
@@ -401,6 +414,7 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
         root: data root; default ``$DDPM_DATA_ROOT``, else ``<repo>/data``.
         download: for ``cifar10`` / ``celeba64`` only: True downloads a missing dataset, False never does,
             None (default) downloads when the host is reachable.
+        image_size: average-pool to this size (see :func:`downsample`); None keeps the native size.
 
     Raises:
         ValueError: unknown ``name`` or ``split``.
@@ -413,15 +427,17 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
     if name == "mnist5k":
-        return _load_mnist5k(split)
+        return downsample(_load_mnist5k(split), image_size)
     data_root = resolve_data_root(root)
     if name == "cifar10":
-        return _load_cifar10(split, data_root, download)
-    if name == "cifar10-jpeg":
-        return _load_cifar10_jpeg(split, data_root)
-    if name == "celeba64":
-        return _load_celeba64(split, data_root, download)
-    return _load_celeba6k(split, data_root)
+        data = _load_cifar10(split, data_root, download)
+    elif name == "cifar10-jpeg":
+        data = _load_cifar10_jpeg(split, data_root)
+    elif name == "celeba64":
+        data = _load_celeba64(split, data_root, download)
+    else:
+        data = _load_celeba6k(split, data_root)
+    return downsample(data, image_size)
 
 
 # ----------------------------------------------------------------------------------------------------------

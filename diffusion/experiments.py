@@ -4,10 +4,9 @@ A *model spec* (from ``configs/profiles/<profile>.yaml``, ``common.cond`` / ``co
 file and ``--set``-style overrides::
 
     {"config": "configs/mnist5k.yaml", "set": {"data.name": "mnist5k", "model.class_cond": true},
-     "downsample": 2, "stage": {"num": 16, "steps": 50}}
+     "stage": {"num": 16, "steps": 50}}
 
-``downsample`` (optional) average-pools the images by that factor before training (MNIST-5k at 16×16 for
-the CPU profiles; the display label says so); ``stage`` sets the samples the trainer draws at
+``stage`` sets the samples the trainer draws at
 ``train.sample_every`` (default 16 images, DDIM with min(50, T) steps).
 
 :func:`trained_model` trains it through :class:`diffusion.train.Trainer` inside :meth:`Artefacts.cached`
@@ -73,23 +72,11 @@ def load_run_config(spec: dict):
 
 
 def load_data(spec: dict, split: str = "train", cfg=None):
-    """The ``ImageData`` a spec trains on (``split`` "train" or "test"), average-pooled by ``downsample``."""
-    import dataclasses
-
-    import torch.nn.functional as F
-
+    """The ``ImageData`` a spec trains on (``split`` "train" or "test"), at the config's ``data.image_size``."""
     from diffusion.data import load_dataset
 
     cfg = cfg or load_run_config(spec)
-    data = load_dataset(cfg.data.name, split, root=cfg.data.root)
-    factor = int(spec.get("downsample", 1))
-    if factor < 1 or data.image_size % factor:
-        raise ValueError(f"downsample must be a positive divisor of the image size {data.image_size}, got {factor}")
-    if factor == 1:
-        return data
-    pooled = F.avg_pool2d(data.images.float(), factor).round().clamp(0, 255).to(torch.uint8)
-    side = pooled.shape[-1]
-    return dataclasses.replace(data, images=pooled, label=f"{data.label} at {side}×{side}", digest="")
+    return load_dataset(cfg.data.name, split, root=cfg.data.root, image_size=cfg.data.image_size)
 
 
 def proxy_classifier(spec: dict, steps: int | None = None, dev: torch.device | None = None):
@@ -175,9 +162,7 @@ def trained_model(art: Artefacts, spec: dict, which: str, dev: torch.device | No
 
     key = {"recipe": RECIPE, "which": which, "config": _config_dict(cfg), "data": data.digest, "stage": [sample_num, sample_steps]}
     entry = art.cached(key, work, kind=kind or f"train-{which}", producer=producer, modules=["diffusion.train"])
-    # checkpoints written before train.py stored torch.__version__ as a plain str hold a TorchVersion (a str)
-    with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
-        state = load_checkpoint(entry.path / "run" / "checkpoints", map_location=dev)
+    state = load_checkpoint(entry.path / "run" / "checkpoints", map_location=dev)
     model, raw = build_model(cfg, data).to(dev), build_model(cfg, data).to(dev)
     raw.load_state_dict(state["model"])
     ema_state = state["ema"]

@@ -91,7 +91,7 @@ def sample(diffusion: GaussianDiffusion, model, shape, sampler: str = "ancestral
            null_class: int | None = None, generator: torch.Generator | None = None, progress: bool = False,
            clip_denoised: bool = True, return_trajectory: bool = False, noise: torch.Tensor | None = None,
            device=None, cuda_graph: bool = False):
-    """Draw samples in [-1, 1] from ``model`` with the named sampler.
+    """Draw samples from ``model`` with the named sampler (clamped to [-1, 1] when ``clip_denoised``).
 
     - ``ancestral``: algorithm 2 (eq. 15) over all T steps, or over ``steps`` respaced steps;
     - ``ddim``: DDIM with ``eta`` over ``steps`` evenly spaced steps (η = 0 deterministic);
@@ -158,5 +158,5 @@ def sample(diffusion: GaussianDiffusion, model, shape, sampler: str = "ancestral
                 out[1]["t"] = [int(spaced.timestep_map[i]) for i in out[1]["t"]]
     if return_trajectory:
         x, traj = out
-        return x.clamp(-1, 1), traj
-    return out.clamp(-1, 1)
+        return (x.clamp(-1, 1) if clip_denoised else x), traj
+    return out.clamp(-1, 1) if clip_denoised else out

@@ -27,6 +27,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -276,7 +277,7 @@ class Trainer:
 
     Args:
         cfg: a ``diffusion.config.Config``.
-        data: an ``ImageData``; default ``load_dataset(cfg.data.name, "train", cfg.data.root)``.
+        data: an ``ImageData``; default ``load_dataset(cfg.data.name, "train", cfg.data.root, image_size=cfg.data.image_size)``.
         out_dir: run folder (default ``runs/<cfg.name>``).
         device: ``"cpu"``, ``"cuda"``…; default CUDA when available (under torchrun: ``cuda:<LOCAL_RANK>``).
         resume: ``False`` (fresh run; an existing checkpoint in ``out_dir`` is an error), ``True`` (continue
@@ -325,11 +326,14 @@ class Trainer:
         if self.compile not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {COMPILE_MODES} or True, got {compile!r}")
         cuda = self.device.type == "cuda"
+        if self.compile and not cuda:  # the fast path is a CUDA path; compiling on a CPU costs minutes
+            warnings.warn(f"train.compile={self.compile!r} is ignored on {self.device.type}", stacklevel=2)
+            self.compile = False
 
         # Model initialisation is identical on every rank; the training randomness differs per rank.
         torch.manual_seed(tc.seed)
         np.random.seed(tc.seed)
-        self.data = data if data is not None else load_dataset(cfg.data.name, "train", root=cfg.data.root)
+        self.data = data if data is not None else load_dataset(cfg.data.name, "train", root=cfg.data.root, image_size=cfg.data.image_size)
         self.model = build_model(cfg, self.data).to(self.device)
         self.channels_last = bool(tc.channels_last and cuda)
         if self.channels_last:

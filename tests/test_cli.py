@@ -97,7 +97,7 @@ def test_train_sigterm_resume_and_sample(tmp_path, capsys, monkeypatch):
     assert main(["sample", "--ckpt", str(run), "--sampler", "ddim", "--steps", "5", "--classes", "0,3,7",
                  "--num", "6", "--guidance-scale", "2", "--seed", "1", "--out", str(grid), "--device", "cpu"]) == 0
     with np.load(tmp_path / "grid.npz") as z:
-        assert z["images"].shape == (6, 1, 32, 32) and z["labels"].tolist() == [0, 3, 7, 0, 3, 7]
+        assert z["images"].shape == (6, 1, 16, 16) and z["labels"].tolist() == [0, 3, 7, 0, 3, 7]
         assert str(z["sampler"]) == "ddim" and float(z["guidance_scale"]) == 2.0
     assert grid.stat().st_size > 0
     report = tmp_path / "eval.json"

