@@ -75,7 +75,8 @@ print(f"{tm.data.label}: T = {T}; proxy classifier held-out accuracy {100 * clf.
 # %%
 steps_list = sorted({min(int(s), T) for s in step_counts}, reverse=True)
 res = {}
-for smp in ("ancestral", "ddim"):
+SAMPLER_TITLES = {"ancestral": "ancestral (respaced)", "ddim": "DDIM, η = 0", "dpmpp2m": "DPM-Solver++(2M)"}
+for smp in SAMPLER_TITLES:
     for S in steps_list:
         n = samples_per_setting if S <= quality_max_steps else full_ancestral_samples
         y = np.arange(n) % K
@@ -101,15 +102,16 @@ else:
     art.number("StepsCfdFifty", "n/a (50 steps not in this profile)")
 
 ncol = min(8, full_ancestral_samples, samples_per_setting)
-fig, axes = plt.subplots(1, 2, figsize=(2 * 0.5 * ncol + 1.5, 0.5 * len(steps_list) + 0.6))
-for ax, smp in zip(axes, ("ancestral", "ddim")):
+fig, axes = plt.subplots(1, len(SAMPLER_TITLES), figsize=(len(SAMPLER_TITLES) * 0.5 * ncol + 1.5,
+                                                         0.5 * len(steps_list) + 0.6))
+for ax, (smp, title) in zip(axes, SAMPLER_TITLES.items()):
     report.show_images(ax, np.concatenate([res[smp, S]["images"][:ncol] for S in steps_list]), nrow=ncol,
                        row_labels=[f"{S} steps" for S in steps_list] if smp == "ancestral" else None,
-                       title="ancestral (respaced)" if smp == "ancestral" else "DDIM, η = 0")
+                       title=title)
 art.save_figure(fig, "sampling_steps")
 
 fig, ax = plt.subplots(figsize=(4, 2.8))
-for smp in ("ancestral", "ddim"):
+for smp in SAMPLER_TITLES:
     ax.plot([res[smp, S]["spi"] for S in steps_list], [res[smp, S]["cfd"] for S in steps_list], "o-", label=smp)
 ax.set_xscale("log"), ax.set_xlabel("time per image (s)"), ax.set_ylabel("classifier FD")
 ax.legend()
@@ -130,7 +132,7 @@ for name, overrides in variants.items():
                                                "train.ckpt_every": int(variant_steps)})
     vm = experiments.trained_model(art, spec_v, "cond", producer="06_ablations", kind=f"variant-{name}")
     y = np.arange(variant_samples) % K
-    out = experiments.generate(art, vm, variant_samples, sampler="ddim", steps=q_steps, y=y, seed=seed, tag="variants")
+    out = experiments.generate(art, vm, variant_samples, sampler="ancestral", steps=q_steps, y=y, seed=seed, tag="variants")
     cfd = classifier_fd(clf, torch.from_numpy(out["images"]), test.images)["cfd"]
     m = vm.cfg.model
     vres[name] = dict(cfd=cfd, loss=vm.summary["ema_loss"], params=vm.summary["params"])
@@ -150,7 +152,7 @@ for key, name in (("base", "WidthCfdBase"), ("narrow", "WidthCfdNarrow"), ("shal
 
 # %%
 tu = experiments.trained_model(art, uncond, "uncond")
-out = experiments.generate(art, tu, nn_samples, sampler="ddim", steps=q_steps, seed=seed + 3, tag="nn")
+out = experiments.generate(art, tu, nn_samples, sampler="ancestral", steps=q_steps, seed=seed + 3, tag="nn")
 idx, dist = experiments.nearest_neighbours(out["images"], tu.data.images, k=5)
 panel = np.concatenate([np.concatenate([out["images"][i:i + 1], tu.data.images[idx[i]].numpy()]) for i in range(nn_samples)])
 fig, ax = plt.subplots(figsize=(3.6, 0.55 * nn_samples + 0.5))

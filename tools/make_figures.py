@@ -98,6 +98,8 @@ def run_notebook(name: str, params: dict, notebooks_dir: Path, build_dir: Path, 
     nb = jupytext.read(source)
     nb.metadata["kernelspec"] = {"name": kernel, "display_name": kernel, "language": "python"}
     jupytext.write(nb, nb_in, fmt="ipynb")
+    declared = papermill.inspect_notebook(str(nb_in))  # pass only what the notebook's parameters cell names
+    params = {k: v for k, v in params.items() if k in declared}
     error = None
     try:
         papermill.execute_notebook(str(nb_in), str(nb_out), parameters=params, kernel_name=kernel,
