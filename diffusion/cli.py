@@ -253,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m diffusion",
         description="Denoising diffusion probabilistic models (the thesis companion): train, sample, "
                     "evaluate, inspect.")
+    parser.add_argument("--threads", type=_positive_int, default=None,
+                        help="torch CPU threads (default: torch's choice; on small shared VMs 1 can be fastest)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,evaluate,info}")
 
     p = sub.add_parser("train", help="train a model from a YAML config",
@@ -329,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     from diffusion.checkpoint import CheckpointError
     from diffusion.train import NonFiniteLossError
 
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return args.func(args)
     except NonFiniteLossError as err:
