@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_config(args.config, args.set)
-    data = load_dataset(cfg.data.name, "train", root=cfg.data.root)
+    data = load_dataset(cfg.data.name, "train", root=cfg.data.root, image_size=cfg.data.image_size)
     result = measure(cfg, data, args.steps, args.repeats, args.warmup)
     result.update(config=str(args.config), overrides=args.set, threads=torch.get_num_threads(),
                   torch=str(torch.__version__), python=platform.python_version(), machine=platform.processor()
