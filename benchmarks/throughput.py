@@ -625,7 +625,7 @@ def table(result: dict) -> str:
     """The summary table (plain text)."""
     lines = [f"device {result['device']} | torch {result['torch']} | diffusers {result['diffusers']} | "
              f"commit {result['git_commit'] or 'unknown'} (sources {result['source_sha256']})",
-             f"parameters: " + ", ".join(f"{k} {v:,}" for k, v in result["params"].items()), ""]
+             "parameters: " + ", ".join(f"{k} {v:,}" for k, v in result["params"].items()), ""]
     rt, rs = result["ratios"].get("train", {}), result["ratios"].get("sample", {})
     lines.append(f"training, batch {result['batch']}: {'variant':<28} {'img/s':>9} {'ms/step':>9} {'peak GB':>8} "
                  f"{'syncs':>6} {'first s':>8} {'vs diffusers':>12}")

@@ -138,8 +138,9 @@ class GaussianDiffusion:
     def q_sample(self, x0, t, noise=None):
         """x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε, a reparameterised draw from q(x_t | x_0), eq. (3)."""
         self.check_timesteps(t)
-        if noise is None:
-            noise = torch.randn_like(x0)
+        return self._q_sample(x0, t, torch.randn_like(x0) if noise is None else noise)
+
+    def _q_sample(self, x0, t, noise):
         return self._coef("sqrt_alpha_bar", t, x0) * x0 + self._coef("sqrt_one_minus_alpha_bar", t, x0) * noise
 
     def q_step_sample(self, x_prev, t, noise=None):
@@ -288,7 +289,7 @@ class GaussianDiffusion:
         self.check_timesteps(t)
         if noise is None:
             noise = torch.randn_like(x0)
-        x_t = self.q_sample(x0, t, noise)
+        x_t = self._q_sample(x0, t, noise)  # t checked above: once per step
         out = self.wrap_model(model)(x_t, t, **(model_kwargs or {}))
         target = {ModelMeanType.EPSILON: noise, ModelMeanType.START_X: x0,
                   ModelMeanType.VELOCITY: None}[self.model_mean_type]

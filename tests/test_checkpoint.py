@@ -1,5 +1,4 @@
 """Checkpoints: atomic write, last-N retention, weights-only loading, clear errors; EMA update rule."""
-import os
 import pickle
 import random
 
