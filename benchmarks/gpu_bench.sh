@@ -5,12 +5,13 @@
 #
 #   bash benchmarks/gpu_bench.sh [extra throughput.py options]      # writes $OUT/throughput.{json,log}
 #
-# Sized to finish in about 150 s on an H100/H200: eager variants (diffusers bf16, ours fp32/bf16/
-# channels_last, CUDA graph) first, then two compilations (the training model, the sampling model; the
-# compiled CUDA graph reuses the latter); --budget-s skips a compiled variant that would overrun.
-# Environment: OUT (output folder, default ./bench_out), TRAIN_COMPILE=model|step (which compiled training
-# variant, default model), BENCH_COMMIT (git commit to record; the device copy has no .git), PYTHON
-# (default python3), SITE (wheel target, default /tmp/site), BENCH_TIMEOUT (hard limit in s, default 175).
+# Sized to finish in about 5 minutes on an H100/H200: every variant is built and warmed up (eager ones
+# first, then two compilations: the training model, the sampling model; the compiled CUDA graph reuses the
+# latter), then all of a phase are timed together, interleaved; --budget-s skips a compiled variant that
+# would overrun. Environment: OUT (output folder, default ./bench_out), TRAIN_COMPILE=model|step (which
+# compiled training variant, default model), BENCH_COMMIT (git commit to record; the device copy has no
+# .git), PYTHON (default python3), SITE (wheel target, default /tmp/site), BENCH_TIMEOUT (hard limit in s,
+# default 420).
 set -u
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -37,13 +38,13 @@ esac
 TRAIN="diffusers_bf16_eager,ours_fp32_eager,ours_bf16_eager,ours_bf16_cl,ours_bf16_cl_compile_${TRAIN_COMPILE:-model}"
 SAMPLE="diffusers_bf16_eager,ours_bf16_cl_eager,ours_bf16_cl_graph,ours_bf16_cl_compiled,ours_bf16_cl_compiled_graph"
 
-timeout -s INT "${BENCH_TIMEOUT:-175}" "$PYTHON" benchmarks/throughput.py --device cuda \
-  --batch 128 --sample-batch 500 --repeats 5 --warmup 3 --inner 4 --sample-inner 3 --sampler-steps 20 \
-  --budget-s 130 --train-variants "$TRAIN" --sample-variants "$SAMPLE" \
+timeout -s INT "${BENCH_TIMEOUT:-420}" "$PYTHON" benchmarks/throughput.py --device cuda \
+  --batch 128 --sample-batch 500 --repeats 9 --warmup 3 --inner 4 --sample-inner 3 --sampler-steps 20 \
+  --budget-s 330 --train-variants "$TRAIN" --sample-variants "$SAMPLE" \
   --out "$OUT/throughput.json" "$@" 2>&1 | tee "$OUT/throughput.log"
 rc=${PIPESTATUS[0]}
 if [ "$rc" = 124 ] || [ "$rc" = 130 ]; then
-  echo "the benchmark was stopped after ${BENCH_TIMEOUT:-175} s; what it measured:"
+  echo "the benchmark was stopped after ${BENCH_TIMEOUT:-420} s; what it measured:"
   [ -f "$OUT/throughput.json" ] && "$PYTHON" benchmarks/throughput.py --table "$OUT/throughput.json"
 fi
 exit "$rc"

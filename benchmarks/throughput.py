@@ -18,10 +18,14 @@ the same shapes:
 * **checks** (faithfulness): the bf16/channels_last/compiled/graphed outputs against the fp32 eager output
   (relative L2 error < 2e-2), graph replays with fresh inputs, the sampler with and without the graph.
 
-Timing: warm-up calls (the first one timed separately: it includes compilation), then the median over
-``--repeats`` repeats of ``inner`` calls each, timed with CUDA events on the GPU (``time.perf_counter`` on
-the CPU). The JSON (``--out``) holds the device, versions, git commit, every figure and the ratios to
-diffusers; it is rewritten after every variant, so a run cut short keeps what it measured.
+Timing: every variant of a phase (training, sampling) is built first and gets its warm-up calls (the first
+one timed separately: it includes compilation and cuDNN autotuning); then the phase's variants are timed
+together, interleaved — ``--repeats`` rounds, each timing every variant for ``inner`` calls, the order rotated
+each round — and the median round is reported (CUDA events on the GPU, ``time.perf_counter`` on the CPU), so a
+drift of clock or temperature during the run affects all variants alike. Peak memory is each variant's own:
+the most allocated during its warm-up minus what was allocated before it was built. The JSON (``--out``)
+holds the device, versions, git commit, every figure and the ratios to diffusers; it is rewritten after
+every variant, so a run cut short keeps what it measured.
 ``--tiny`` uses a small network and batch so the whole run takes seconds on a CPU (``make test`` runs it).
 Exit status 1 if a check failed.
 """
@@ -52,6 +56,7 @@ from torch import nn  # noqa: E402
 
 from diffusion.cuda_graph import GraphedModel  # noqa: E402
 from diffusion.ema import EMA  # noqa: E402
+from diffusion.fast import configure_backends  # noqa: E402
 from diffusion.gaussian_diffusion import create_diffusion  # noqa: E402
 from diffusion.samplers import sample  # noqa: E402
 from diffusion.train import make_train_step  # noqa: E402
@@ -205,9 +210,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(fn, device: torch.device, warmup: int, repeats: int, inner: int) -> dict:
-    """First call (seconds, includes compilation), then ``warmup-1`` more calls, then ``repeats`` timings
-    of ``inner`` calls each; returns the first-call time and the per-call milliseconds of every repeat."""
+def first_calls(fn, device: torch.device, warmup: int) -> float:
+    """Seconds of the first call of ``fn`` (it includes compilation and cuDNN autotuning), followed by
+    ``warmup - 1`` more untimed calls."""
     sync(device)
     t0 = time.perf_counter()
     fn()
@@ -216,22 +221,38 @@ def measure(fn, device: torch.device, warmup: int, repeats: int, inner: int) -> 
     for _ in range(max(0, warmup - 1)):
         fn()
     sync(device)
-    per_call = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(inner):
-                fn()
-            end.record()
-            end.synchronize()
-            per_call.append(start.elapsed_time(end) / inner)
-        else:
-            t0 = time.perf_counter()
-            for _ in range(inner):
-                fn()
-            per_call.append((time.perf_counter() - t0) * 1e3 / inner)
-    return {"first_call_s": first_s, "ms_per_call": statistics.median(per_call), "ms_all": per_call}
+    return first_s
+
+
+def time_calls(fn, device: torch.device, inner: int) -> float:
+    """Milliseconds per call over ``inner`` back-to-back calls (CUDA events on the GPU)."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(inner):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / inner
+    t0 = time.perf_counter()
+    for _ in range(inner):
+        fn()
+    return (time.perf_counter() - t0) * 1e3 / inner
+
+
+def interleaved(fns: dict, device: torch.device, repeats: int, inner: int) -> dict[str, list[float]]:
+    """``repeats`` rounds; each round times every (warmed-up) function of ``fns`` for ``inner`` calls, the
+    order rotated by one each round. Interleaving puts every variant under the same clock, temperature and
+    co-tenant conditions, so a drift during the run cannot favour the variants timed first or last; the
+    median of each variant's rounds is what the tables report."""
+    names = list(fns)
+    out: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        for k in range(len(names)):
+            name = names[(r + k) % len(names)]
+            sync(device)
+            out[name].append(time_calls(fns[name], device, inner))
+    return out
 
 
 def free(device: torch.device) -> None:
@@ -269,14 +290,15 @@ def compute_ratios(r: dict) -> None:
     base_train = r["train"].get("diffusers_bf16_eager", {}).get("images_per_s")
     base_sample = r["sample"].get("diffusers_bf16_eager", {}).get("image_steps_per_s")
     ratios = {"train": {}, "sample": {}}
-    for name, v in r["train"].items():
+    timed_train = {k: v for k, v in r["train"].items() if "images_per_s" in v}  # built but not yet timed: skip
+    for name, v in timed_train.items():
         if base_train and not name.startswith("diffusers"):
             ratios["train"][name] = v["images_per_s"] / base_train
     for name, v in r["sample"].items():
         if base_sample and not name.startswith("diffusers"):
             ratios["sample"][name] = v["image_steps_per_s"] / base_sample
     r["ratios"] = ratios
-    ours_train = {k: v for k, v in r["train"].items() if not k.startswith("diffusers")}
+    ours_train = {k: v for k, v in timed_train.items() if not k.startswith("diffusers")}
     targets = {}
     if ratios["train"]:
         best = max(ratios["train"], key=ratios["train"].get)
@@ -321,6 +343,7 @@ class Bench:
             "params": {}, "train": {}, "sample": {}, "sampler": {}, "checks": [], "skipped": {}, "errors": {},
             "ratios": {}, "targets": {},
         }
+        self.train_steps: dict = {}  # prepared training variants awaiting the interleaved timing
 
     # ------------------------------------------------------------------ bookkeeping
     def elapsed(self) -> float:
@@ -383,7 +406,10 @@ class Bench:
                     print(f"  warning: {who} has {n:,} parameters, not ≈ 35.7 M", flush=True)
 
     # ------------------------------------------------------------------ training
-    def train_variant(self, name: str) -> None:
+    def prepare_train(self, name: str) -> None:
+        """Build variant ``name``, run its first call and warm-up (timed: compilation), record its own peak
+        memory (the most allocated during these calls minus what was allocated before it was built) and its
+        host synchronisations per step; the step is kept for :meth:`time_train`."""
         dev, cfg, a = self.device, self.cfg, self.args
         torch.manual_seed(0)
         free(dev)
@@ -416,23 +442,33 @@ class Bench:
             def step():
                 return train_step(x0)
             step.mean_loss = lambda: train_step.stats.read()["loss"]
-        m = measure(step, dev, a.warmup, a.repeats, a.inner)
-        loss = step.mean_loss()
-        peak = torch.cuda.max_memory_allocated(dev) / 1e9 if dev.type == "cuda" else None
+        first_s = first_calls(step, dev, a.warmup)
+        peak = (torch.cuda.max_memory_allocated(dev) - base_mem) / 1e9 if dev.type == "cuda" else None
         syncs = count_host_syncs(step, dev)
-        rec = {"ms_per_step": m["ms_per_call"], "images_per_s": a.batch * 1e3 / m["ms_per_call"],
-               "first_step_s": m["first_call_s"], "ms_all": m["ms_all"], "mean_loss": loss,
-               "peak_mem_gb": peak, "baseline_mem_gb": base_mem / 1e9 if base_mem is not None else None,
-               "host_syncs_per_step": syncs}
-        self.result["train"][name] = rec
+        step.mean_loss()  # reset the running loss: the timed steps' mean is reported
+        self.train_steps[name] = step
+        self.result["train"][name] = {"first_step_s": first_s, "peak_mem_gb": peak,
+                                      "baseline_mem_gb": base_mem / 1e9 if base_mem is not None else None,
+                                      "host_syncs_per_step": syncs}
         mem = f", peak {peak:.2f} GB" if peak is not None else ""
         sync_note = f", {syncs} host syncs/step" if syncs is not None else ""
-        print(f"  train {name}: {rec['images_per_s']:.0f} img/s ({rec['ms_per_step']:.2f} ms/step, first step "
-              f"{rec['first_step_s']:.1f} s{mem}{sync_note}, loss {loss:.3f})", flush=True)
-        if not math.isfinite(loss):
-            self.result["checks"].append({"name": f"train/{name} loss finite", "rel_err": None, "tol": None,
-                                          "pass": False})
-        del model, ema, step, x0
+        print(f"  built train {name}: first step {first_s:.1f} s{mem}{sync_note}", flush=True)
+
+    def time_train(self) -> None:
+        """Time the prepared training variants interleaved (:func:`interleaved`) and record img/s."""
+        dev, a = self.device, self.args
+        ms = interleaved(self.train_steps, dev, a.repeats, a.inner)
+        for name, step in self.train_steps.items():
+            rec = self.result["train"][name]
+            loss = step.mean_loss()
+            rec.update(ms_per_step=statistics.median(ms[name]), ms_all=ms[name], mean_loss=loss)
+            rec["images_per_s"] = a.batch * 1e3 / rec["ms_per_step"]
+            print(f"  train {name}: {rec['images_per_s']:.0f} img/s ({rec['ms_per_step']:.2f} ms/step, "
+                  f"loss {loss:.3f})", flush=True)
+            if not math.isfinite(loss):
+                self.result["checks"].append({"name": f"train/{name} loss finite", "rel_err": None, "tol": None,
+                                              "pass": False})
+        self.train_steps.clear()
         free(dev)
 
     # ------------------------------------------------------------------ sampling
@@ -466,6 +502,7 @@ class Bench:
         if "ours_bf16_cl_eager" in names:
             self.check("sample/ours_bf16_cl_eager vs fp32", rel_err(run(ours_cl, x_cl, t), ref))
         compiled = None
+        calls: dict = {}  # warmed-up callables, timed together below
         for name in names:
             # The graph over the compiled model compiles it first if the compiled variant did not run.
             extra = COMPILE_COST_S["ours_bf16_cl_compiled"] if name.endswith("compiled_graph") and compiled is None else 0
@@ -479,31 +516,35 @@ class Bench:
                 def variant():
                     torch.manual_seed(0)
                     theirs = build_diffusers(self.diffusers, cfg).to(dev).eval().requires_grad_(False)
-                    self.record_sample(name, measure(lambda: run(theirs, x, t), dev, a.warmup, a.repeats,
-                                                     a.sample_inner))
+                    self.add_sample_call(calls, name, lambda: run(theirs, x, t))
             elif name == "ours_bf16_cl_eager":
                 def variant():
-                    self.record_sample(name, measure(lambda: run(ours_cl, x_cl, t), dev, a.warmup, a.repeats,
-                                                     a.sample_inner))
+                    self.add_sample_call(calls, name, lambda: run(ours_cl, x_cl, t))
             elif name == "ours_bf16_cl_compiled":
                 def variant():
-                    self.record_sample(name, measure(lambda: run(compiled, x_cl, t), dev, a.warmup, a.repeats,
-                                                     a.sample_inner))
+                    self.add_sample_call(calls, name, lambda: run(compiled, x_cl, t))
                     self.check("sample/ours_bf16_cl_compiled vs fp32", rel_err(run(compiled, x_cl, t), ref))
             elif name == "ours_bf16_cl_compiled_graph":
                 def variant():
-                    self.graph_variant(name, compiled, x_cl, t, x2_cl, t2, ref, ref2)
+                    self.graph_variant(calls, name, compiled, x_cl, t, x2_cl, t2, ref, ref2)
             else:  # ours_bf16_cl_graph
                 def variant():
-                    self.graph_variant(name, ours_cl, x_cl, t, x2_cl, t2, ref, ref2)
+                    self.graph_variant(calls, name, ours_cl, x_cl, t, x2_cl, t2, ref, ref2)
             self.guarded("sample", name, variant)
+        if calls:
+            def timing():
+                ms = interleaved({n: c["fn"] for n, c in calls.items()}, dev, a.repeats, a.sample_inner)
+                for n, c in calls.items():
+                    self.record_sample(n, ms[n], c["first_call_s"], **c["extra"])
+            self.guarded("sample", "timing", timing)
+            calls.clear()
         if end_to_end and a.sampler_steps:
             self.guarded("sampler", "ddim", lambda: self.sampler_end_to_end(
                 compiled if compiled is not None else ours_cl, shape))
         del ours, ours_cl, compiled
         free(dev)
 
-    def graph_variant(self, name, model, x, t, x2, t2, ref, ref2) -> None:
+    def graph_variant(self, calls: dict, name, model, x, t, x2, t2, ref, ref2) -> None:
         dev, a = self.device, self.args
         t0 = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
@@ -526,14 +567,19 @@ class Bench:
             with torch.no_grad():
                 return graphed(x, t)
 
-        m = measure(call, dev, a.warmup, a.repeats, a.sample_inner)
-        m["first_call_s"] = build_s
-        self.record_sample(name, m, graphed=graphed.graphed, fallback_reason=graphed.fallback_reason)
+        first_calls(call, dev, a.warmup)
+        calls[name] = {"fn": call, "first_call_s": build_s,
+                       "extra": {"graphed": graphed.graphed, "fallback_reason": graphed.fallback_reason}}
 
-    def record_sample(self, name: str, m: dict, **extra) -> None:
+    def add_sample_call(self, calls: dict, name: str, fn) -> None:
+        """Run ``fn``'s first call and warm-up, then queue it for the interleaved timing."""
+        calls[name] = {"fn": fn, "first_call_s": first_calls(fn, self.device, self.args.warmup), "extra": {}}
+
+    def record_sample(self, name: str, ms_all: list[float], first_call_s: float, **extra) -> None:
         a = self.args
-        rec = {"ms_per_call": m["ms_per_call"], "image_steps_per_s": a.sample_batch * 1e3 / m["ms_per_call"],
-               "first_call_s": m["first_call_s"], "ms_all": m["ms_all"], **extra}
+        ms = statistics.median(ms_all)
+        rec = {"ms_per_call": ms, "image_steps_per_s": a.sample_batch * 1e3 / ms, "first_call_s": first_call_s,
+               "ms_all": ms_all, **extra}
         self.result["sample"][name] = rec
         print(f"  sample {name}: {rec['image_steps_per_s']:.0f} image-steps/s ({rec['ms_per_call']:.2f} ms/call, "
               f"first call {rec['first_call_s']:.1f} s)", flush=True)
@@ -630,6 +676,9 @@ def table(result: dict) -> str:
     lines.append(f"training, batch {result['batch']}: {'variant':<28} {'img/s':>9} {'ms/step':>9} {'peak GB':>8} "
                  f"{'syncs':>6} {'first s':>8} {'vs diffusers':>12}")
     for name, v in result["train"].items():
+        if "images_per_s" not in v:
+            lines.append(f"{'':<{len('training, batch ') + len(str(result['batch'])) + 1}} {name:<28} not timed")
+            continue
         mem = f"{v['peak_mem_gb']:.2f}" if v["peak_mem_gb"] is not None else "-"
         syncs = v.get("host_syncs_per_step")
         ratio = f"{rt[name]:.2f}x" if name in rt else "1.00x" if name.startswith("diffusers") else "-"
@@ -674,10 +723,8 @@ def main(argv=None) -> int:
         compute_ratios(result)
         print(table(result))
         return 0
-    if torch.device(args.device).type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.set_float32_matmul_precision("high")
-    elif args.tiny:
+    on_cuda = configure_backends(args.device)  # cuDNN autotuning and TF32, as the trainer sets them
+    if not on_cuda and args.tiny:
         torch.set_num_threads(1)  # tiny tensors: thread hand-offs cost more than they gain on a busy CPU
     bench = Bench(args)
     r = bench.result
@@ -687,28 +734,25 @@ def main(argv=None) -> int:
               "measure the baseline — measuring this project only", flush=True)
     bench.parameter_counts()
     bench.save()
-    # Eager variants first, compiled ones last, so that --budget-s cuts only compiled variants.
-    eager_train = [n for n in args.train_variants if "compile" not in n]
-    eager_sample = [n for n in args.sample_variants if "compile" not in n]
-    compiled_train = [n for n in args.train_variants if "compile" in n]
-    compiled_sample = [n for n in args.sample_variants if "compile" in n]
-    phases = [("eager", eager_train, eager_sample, not compiled_sample)]
-    if compiled_train or compiled_sample:
-        phases.append(("compiled", compiled_train, compiled_sample, True))
-    for title, train_names, sample_names, last in phases:
-        if train_names:
-            print(f"training, {title} (batch {args.batch}):", flush=True)
-        for name in train_names:
-            reason = bench.skip_reason(name)
-            if reason:
-                bench.note_skip("train", name, reason)
-                continue
-            bench.guarded("train", name, lambda: bench.train_variant(name))
-            if "compile" in name:
-                torch._dynamo.reset()  # drop the compiled graphs (and the model they hold)
-        if sample_names or (last and args.sampler_steps):
-            print(f"sampling, {title} (batch {args.sample_batch}):", flush=True)
-            bench.guarded("sample", title, lambda: bench.sampling(sample_names, end_to_end=last))
+    # Every variant is built and warmed up first (eager ones first, compiled ones last, so that --budget-s
+    # cuts only compiled variants), then all are timed together, interleaved.
+    order = lambda names: [n for n in names if "compile" not in n] + [n for n in names if "compile" in n]  # noqa: E731
+    if args.train_variants:
+        print(f"training (batch {args.batch}):", flush=True)
+    for name in order(args.train_variants):
+        reason = bench.skip_reason(name)
+        if reason:
+            bench.note_skip("train", name, reason)
+            continue
+        bench.guarded("train", name, lambda: bench.prepare_train(name))
+    if bench.train_steps:
+        bench.guarded("train", "timing", bench.time_train)
+        bench.train_steps.clear()
+        torch._dynamo.reset()  # drop the compiled graphs (and the models they hold)
+        free(bench.device)
+    if args.sample_variants or args.sampler_steps:
+        print(f"sampling (batch {args.sample_batch}):", flush=True)
+        bench.guarded("sample", "sampling", lambda: bench.sampling(order(args.sample_variants), end_to_end=True))
     r["total_s"] = bench.elapsed()
     bench.save()
     print("\n" + table(r), flush=True)

@@ -105,9 +105,11 @@ def load_trained(ckpt: str | Path, device=None, use_ema: bool = True):
     trained run; ``ckpt`` is a checkpoint file or a run folder (its newest checkpoint)."""
     from diffusion.checkpoint import CheckpointError, load_checkpoint
     from diffusion.config import build_diffusion, build_model, config_from_dict
+    from diffusion.fast import configure_backends
     from diffusion.train import resolve_device
 
     device = resolve_device(device)
+    configure_backends(device)
     state = load_checkpoint(ckpt, map_location=device)
     try:
         cfg = config_from_dict(state["config"])
@@ -149,6 +151,17 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _fast(model, args):
+    """On CUDA, the compiled channels_last network (``diffusion.fast``) unless ``--no-compile``; the
+    samplers add bf16 autocast there by themselves."""
+    from diffusion.fast import prepare_for_sampling
+
+    if next(model.parameters()).device.type != "cuda" or args.no_compile:
+        return model
+    print("compiling the network for sampling (torch.compile, once; --no-compile skips it)", file=sys.stderr)
+    return prepare_for_sampling(model)
+
+
 def _cmd_sample(args) -> int:
     import torch
 
@@ -157,6 +170,7 @@ def _cmd_sample(args) -> int:
 
     model, diffusion, cfg, state = load_trained(args.ckpt, args.device, use_ema=not args.raw)
     device = next(model.parameters()).device
+    model = _fast(model, args)
     num_classes = model.num_classes
     null_class = num_classes if cfg.model.class_cond else None
     labels = None
@@ -196,11 +210,13 @@ def _cmd_evaluate(args) -> int:
     from diffusion.metrics.evaluate import evaluate
 
     model, diffusion, cfg, state = load_trained(args.ckpt, args.device)
+    device = next(model.parameters()).device
+    model = _fast(model, args)
     data_root = args.data_root if args.data_root is not None else cfg.data.root
     result = evaluate(model, diffusion, cfg.data.name, metrics=args.metrics, num_samples=args.num_samples,
                       sampler=args.sampler, steps=args.steps, eta=args.eta, guidance_scale=args.guidance_scale,
                       num_classes=model.num_classes if cfg.model.class_cond else None, batch_size=args.batch_size,
-                      bpd_images=args.bpd_images, seed=args.seed, device=next(model.parameters()).device,
+                      bpd_images=args.bpd_images, seed=args.seed, device=device,
                       data_root=data_root, image_size=cfg.data.image_size)
     result = dict(result, checkpoint=str(args.ckpt), checkpoint_step=int(state["step"]))
     if args.out is not None:
@@ -292,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("samples.png"), help="PNG path (the .npz goes beside it)")
     p.add_argument("--device", type=_device, default=None, help="cpu or cuda")
     p.add_argument("--raw", action="store_true", help="use the raw (non-EMA) weights")
+    p.add_argument("--no-compile", action="store_true",
+                   help="on CUDA, do not torch.compile the network (compiling costs tens of seconds once)")
     p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser("evaluate", help="compute metrics of a checkpoint",
@@ -312,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", type=Path, default=None, help="dataset folder (default $DDPM_DATA_ROOT)")
     p.add_argument("--device", type=_device, default=None, help="cpu or cuda")
     p.add_argument("--out", type=Path, default=None, help="JSON output path (default: print only)")
+    p.add_argument("--no-compile", action="store_true",
+                   help="on CUDA, do not torch.compile the network (compiling costs tens of seconds once)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("info", help="print the U-Net of a config: stages, parameters, FLOPs",

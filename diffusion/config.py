@@ -70,7 +70,8 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     """Optimisation (section 3.3.2): Adam with linear warm-up then constant lr, gradient-norm clipping, EMA,
-    label dropout ``p_uncond`` to the null class for guidance; ``compile``: False, "model" (compile the
+    label dropout ``p_uncond`` to the null class for guidance; ``ema_warmup``: EMA decay
+    min(ema_decay, (1+n)/(10+n)) after n updates (``diffusion.ema``; for short runs); ``compile``: False, "model" (compile the
     network) or "step"/True (compile the whole training step); logging every ``log_every`` steps, sample
     grids at the steps in ``sample_every``, a checkpoint every ``ckpt_every`` steps (the last
     ``keep_last`` kept)."""
@@ -81,6 +82,7 @@ class TrainConfig:
     warmup_steps: int = 5000
     grad_clip: float = 1.0
     ema_decay: float = 0.9999
+    ema_warmup: bool = False
     total_steps: int = 800000
     p_uncond: float = 0.1
     seed: int = 0

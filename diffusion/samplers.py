@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .fast import Bf16Model
 from .gaussian_diffusion import GaussianDiffusion
 from .guidance import ClassifierFreeGuidance
 from .respace import SpacedDiffusion, space_timesteps
@@ -90,7 +91,7 @@ def sample(diffusion: GaussianDiffusion, model, shape, sampler: str = "ancestral
            eta: float = 0.0, guidance_scale: float | None = None, y: torch.Tensor | None = None,
            null_class: int | None = None, generator: torch.Generator | None = None, progress: bool = False,
            clip_denoised: bool = True, return_trajectory: bool = False, noise: torch.Tensor | None = None,
-           device=None, cuda_graph: bool = False):
+           device=None, cuda_graph: bool = False, bf16: bool | None = None):
     """Draw samples from ``model`` with the named sampler (clamped to [-1, 1] when ``clip_denoised``).
 
     - ``ancestral``: algorithm 2 (eq. 15) over all T steps, or over ``steps`` respaced steps;
@@ -99,6 +100,8 @@ def sample(diffusion: GaussianDiffusion, model, shape, sampler: str = "ancestral
     With ``guidance_scale`` = w the model is wrapped by classifier-free guidance, eq. (18) (needs ``y``
     and ``null_class``); otherwise ``y`` (if given) is passed to the model as its class labels.
     With ``return_trajectory`` also returns x_t and the predicted x_0 at about ten steps.
+    ``bf16`` runs the network under bf16 autocast with a float32 output (``diffusion.fast.Bf16Model``);
+    ``None`` (default) means on CUDA only — the sampler's own arithmetic stays in float32 either way.
     With ``cuda_graph`` (CUDA only; issue 6) the model call is captured once as a CUDA graph for this batch
     shape and replayed at every step (``diffusion.cuda_graph.GraphedModel``; eager fallback with a warning).
     """
@@ -126,6 +129,9 @@ def sample(diffusion: GaussianDiffusion, model, shape, sampler: str = "ancestral
         if y is None or null_class is None:
             raise ValueError("guidance_scale needs class labels y and the null_class index")
         net = ClassifierFreeGuidance(model, guidance_scale, null_class)
+    use_bf16 = torch.device(device).type == "cuda" if bf16 is None else bool(bf16)
+    if use_bf16:
+        net = Bf16Model(net)
     kwargs = {"y": y} if y is not None else None
     traj_steps = None
     if return_trajectory:

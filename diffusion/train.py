@@ -44,6 +44,7 @@ from diffusion.checkpoint import (
 from diffusion.config import build_diffusion, build_model, config_to_dict
 from diffusion.data import InfiniteBatches, load_dataset
 from diffusion.ema import EMA
+from diffusion.fast import configure_backends
 from diffusion.report import image_grid
 from diffusion.samplers import sample
 
@@ -309,6 +310,7 @@ class Trainer:
         self.device = resolve_device(device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+        configure_backends(self.device)  # cuDNN autotuning and TF32 on CUDA
         world = self.dist.world_size
         if tc.batch_size % (world * tc.grad_accum):
             raise ValueError(f"train.batch_size={tc.batch_size} must be divisible by world_size × grad_accum "
@@ -340,7 +342,7 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.diffusion = build_diffusion(cfg)
         self.null_class = self.model.num_classes if cfg.model.class_cond else None
-        self.ema = EMA(self.model, tc.ema_decay)
+        self.ema = EMA(self.model, tc.ema_decay, warmup=tc.ema_warmup)
         lr = torch.tensor(float(tc.lr), device=self.device) if self.compile == "step" else float(tc.lr)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr, betas=tuple(tc.adam_betas),
                                           fused=True if cuda else None)

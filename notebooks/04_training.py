@@ -124,7 +124,8 @@ for ax, use_ema in zip(axes, (True, False)):
     o = experiments.generate(art, tm, n_cmp, sampler=sampler, steps=steps_cmp, seed=seed + 1, use_ema=use_ema,
                              tag="ema_vs_raw")
     report.show_images(ax, o["images"], nrow=int(np.ceil(np.sqrt(n_cmp))))
-    ax.set_title(("EMA" if use_ema else "raw") + f" weights, decay {tm.cfg.train.ema_decay}")
+    warm = " with warm-up" if tm.cfg.train.ema_warmup else ""
+    ax.set_title(f"EMA weights (decay {tm.cfg.train.ema_decay}{warm})" if use_ema else "raw weights")
 art.save_figure(fig, "ema_vs_raw", **prov["uncond"])
 
 # %% [markdown]

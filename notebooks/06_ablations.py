@@ -120,7 +120,7 @@ plt.show()
 # %% [markdown]
 # ## 2. Network width and depth (§4.4.2)
 # Each variant overrides the conditional model's config and is trained for the same number of steps with
-# the same batch, then sampled (DDIM, the profile's quality step count) and scored.
+# the same batch, then sampled (ancestral, respaced to the profile's quality step count) and scored.
 
 # %%
 q_steps = min(50, T, quality_max_steps)
@@ -147,7 +147,7 @@ for key, name in (("base", "WidthCfdBase"), ("narrow", "WidthCfdNarrow"), ("shal
 
 # %% [markdown]
 # ## 3. Nearest neighbours (figure 2a)
-# Unconditional samples (EMA, DDIM) and their five nearest training images by L2 distance in pixel space
+# Unconditional samples (EMA, ancestral) and their five nearest training images by L2 distance in pixel space
 # (images in [−1, 1]); a memorising model would reproduce training images at distance ≈ 0.
 
 # %%

@@ -13,6 +13,7 @@ import torch
 
 from diffusion.cuda_graph import GraphedModel
 from diffusion.ema import EMA
+from diffusion.fast import Bf16Model, configure_backends, prepare_for_sampling
 from diffusion.gaussian_diffusion import create_diffusion
 from diffusion.samplers import sample
 from diffusion.train import make_train_step
@@ -170,6 +171,62 @@ def test_sampler_with_cuda_graph_flag_matches_plain(sampler, steps):
         graphed = sample(diffusion, model, noise.shape, sampler=sampler, steps=steps, noise=noise,
                          generator=torch.Generator().manual_seed(6), cuda_graph=True)
     torch.testing.assert_close(graphed, plain, rtol=0, atol=0)
+
+
+def test_bf16_model_matches_fp32_and_returns_float32():
+    """Bf16Model: float32 output within bf16 tolerance of the fp32 model, but not bit-equal (autocast is on);
+    channels_last weights get channels_last inputs."""
+    model = make_model().eval()
+    x, t = inputs()
+    seen = []
+    model.input_conv.register_forward_pre_hook(lambda m, a: seen.append(a[0].is_contiguous()))
+    with torch.no_grad():
+        ref = model(x, t)
+        out = Bf16Model(model)(x, t)
+    assert out.dtype == torch.float32 and out.is_contiguous()
+    assert 0 < rel_err(out, ref) < REL_TOL
+    model.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out_cl = Bf16Model(model)(x, t)
+    assert seen == [True, True, False]  # fp32 call, bf16 call, channels_last call
+    assert rel_err(out_cl, ref) < REL_TOL
+    with pytest.raises(ValueError, match="callable"):
+        Bf16Model(3)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp2m"])
+def test_sampler_bf16_default_off_on_cpu_and_close_when_on(sampler):
+    """sample(bf16=None) is the plain fp32 path on the CPU (bit-identical); bf16=True stays within bf16
+    tolerance of it after a few deterministic steps."""
+    model = make_model().eval()
+    diffusion = create_diffusion(num_timesteps=20)
+    noise = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    run = lambda **kw: sample(diffusion, model, noise.shape, sampler=sampler, steps=3, noise=noise,  # noqa: E731
+                              clip_denoised=False, **kw)
+    plain, default, fast = run(bf16=False), run(), run(bf16=True)
+    torch.testing.assert_close(default, plain, rtol=0, atol=0)
+    assert fast.dtype == torch.float32 and 0 < rel_err(fast, plain) < REL_TOL
+
+
+def test_configure_backends_and_prepare_for_sampling_on_cpu():
+    """Backend flags are set for CUDA devices only; on the CPU prepare_for_sampling leaves the weights and
+    returns the same module in eval mode."""
+    old = (torch.backends.cudnn.benchmark, torch.get_float32_matmul_precision())
+    try:
+        torch.backends.cudnn.benchmark = False
+        torch.set_float32_matmul_precision("highest")
+        assert configure_backends("cpu") is False
+        assert (torch.backends.cudnn.benchmark, torch.get_float32_matmul_precision()) == (False, "highest")
+        assert configure_backends(torch.device("cuda")) is True
+        assert (torch.backends.cudnn.benchmark, torch.get_float32_matmul_precision()) == (True, "high")
+    finally:
+        torch.backends.cudnn.benchmark = old[0]
+        torch.set_float32_matmul_precision(old[1])
+    model = make_model().train()
+    prepared = prepare_for_sampling(model)
+    assert prepared is model and not model.training and model.input_conv.weight.is_contiguous()
+    with pytest.raises(ValueError, match="Module"):
+        prepare_for_sampling(lambda x, t: x)
 
 
 COMPILE_SCRIPT = textwrap.dedent("""
