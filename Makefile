@@ -28,7 +28,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m pip install -q --upgrade pip
 	$(PYTHON) -m pip install -q -r requirements.txt -r requirements-dev.txt
 	$(PYTHON) -m pip install -q --no-deps --no-build-isolation -e .
-	$(PYTHON) -m ipykernel install --user --name ddpm-thesis --display-name "DDPM thesis ($(VENV))" >/dev/null
+	$(PYTHON) -m ipykernel install --sys-prefix --name ddpm-thesis --display-name "DDPM thesis ($(VENV))" >/dev/null
 	touch $(STAMP)
 
 # TeX for the thesis: installed when run as root, otherwise the exact command is printed.

@@ -44,6 +44,7 @@ __all__ = [
     "data_digest",
     "device_name",
     "escape_latex",
+    "latex_sci",
     "image_grid",
     "mark_smoke_table",
     "show_images",
@@ -184,6 +185,19 @@ _LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$"
 def escape_latex(text: str) -> str:
     """Escape LaTeX's special characters in plain ``text``."""
     return "".join(_LATEX_SPECIALS.get(ch, ch) for ch in str(text))
+
+
+def latex_sci(value: float, digits: int = 1) -> str:
+    r"""``value`` in scientific notation for LaTeX text, e.g. 0.0024 → ``$2.4\times10^{-3}$`` (no exponent for
+    values in [1, 10))."""
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"value must be finite, got {value!r}")
+    if value == 0:
+        return "$0$"
+    mantissa, exponent = f"{value:.{digits}e}".split("e")
+    exponent = int(exponent)
+    return f"${mantissa}$" if exponent == 0 else f"${mantissa}\\times10^{{{exponent}}}$"
 
 
 def _count_columns(spec: str) -> int:

@@ -36,6 +36,7 @@ classifier_steps = 600
 step_counts = [1000, 250, 100, 50, 20, 10]
 quality_max_steps = 100
 samples_per_setting = 64
+eps_error_images = 512
 full_ancestral_samples = 16
 variant_steps = 100
 variant_batch = 32
@@ -116,6 +117,39 @@ for smp in SAMPLER_TITLES:
 ax.set_xscale("log"), ax.set_xlabel("time per image (s)"), ax.set_ylabel("classifier FD")
 ax.legend()
 plt.show()
+
+# %% [markdown]
+# ### Why the deterministic samplers lag here: the ε-error at each timestep
+# L_simple (eq. 14) per timestep on held-out images, for the network and for the trivial predictor ε̂ = x_t
+# (`diffusion.metrics.eps_error`). An ε-error at step t becomes an error (1−ᾱ_t)/ᾱ_t times larger in the
+# predicted x̂_0; DDIM (η = 0) and DPM-Solver++ follow one deterministic trajectory from x_T and keep
+# that error, while the ancestral sampler's fresh noise at each step masks it.
+
+# %%
+from diffusion.metrics.eps_error import eps_error_by_timestep  # noqa: E402
+
+eps_ts = sorted({min(int(v), T - 1) for v in np.unique(np.geomspace(1, T, 14).round() - 1)})
+dev_m = next(tm.model.parameters()).device
+x_held = test.images[:eps_error_images].to(dev_m).float() / 127.5 - 1
+y_held = test.labels[:eps_error_images].to(dev_m)
+eps_err = eps_error_by_timestep(tm.diffusion, tm.model, x_held, eps_ts, model_kwargs={"y": y_held},
+                                generator=torch.Generator(device=dev_m).manual_seed(seed))
+fig, axes = plt.subplots(1, 2, figsize=(8, 2.9))
+axes[0].loglog(eps_err["t"] + 1, eps_err["mse"], "o-", label="network ε_θ (EMA)")
+axes[0].loglog(eps_err["t"] + 1, eps_err["identity_mse"], "s--", label="trivial ε̂ = x_t")
+axes[0].set_xlabel("t + 1"), axes[0].set_ylabel("mean squared ε-error"), axes[0].legend()
+axes[1].loglog(eps_err["t"] + 1, eps_err["x0_mse"] ** 0.5, "o-", color="C2")
+axes[1].set_xlabel("t + 1"), axes[1].set_ylabel("implied RMS error of x̂_0")
+fig.suptitle(f"ε-prediction error by timestep ({tm.data.label}, {eps_error_images} held-out images)")
+fig.tight_layout()
+art.save_figure(fig, "eps_error")
+top = -1  # t = T − 1
+print(f"t = {T - 1}: network {eps_err['mse'][top]:.2e}, trivial {eps_err['identity_mse'][top]:.2e}, "
+      f"implied x̂_0 RMS error {eps_err['x0_mse'][top] ** 0.5:.2f}")
+art.number("EpsMseTop", report.latex_sci(eps_err["mse"][top]), escape=False)
+art.number("EpsMseTopTrivial", report.latex_sci(eps_err["identity_mse"][top]), escape=False)
+art.number("EpsXzeroRmsTop", eps_err["x0_mse"][top] ** 0.5, "{:.1f}")
+art.number("EpsErrorImages", eps_error_images, "{:d}")
 
 # %% [markdown]
 # ## 2. Network width and depth (§4.4.2)

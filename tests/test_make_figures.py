@@ -136,3 +136,27 @@ def test_real_profiles_are_complete():
         for which in ("cond", "uncond"):
             assert (ROOT / data["common"][which]["config"]).is_file()
     assert os.path.isfile(ROOT / "jupytext.toml")
+
+
+def test_kernel_is_this_interpreter_never_another_checkouts(monkeypatch):
+    """The registered ``ddpm-thesis`` kernel is used only when it runs this interpreter (unresolved path:
+    every virtual environment links to the same base python); otherwise ``python3``; --kernel wins."""
+    import sys
+    from types import SimpleNamespace
+
+    from jupyter_client import kernelspec
+
+    argv = {"value": [sys.executable, "-m", "ipykernel_launcher"]}
+
+    def fake_spec(self, name):
+        if argv["value"] is None:
+            raise kernelspec.NoSuchKernel(name)
+        return SimpleNamespace(argv=argv["value"])
+
+    monkeypatch.setattr(kernelspec.KernelSpecManager, "get_kernel_spec", fake_spec)
+    assert mf._kernel_name(None) == "ddpm-thesis"
+    argv["value"] = ["/elsewhere/checkout/.venv/bin/python", "-m", "ipykernel_launcher"]  # gone or not ours
+    assert mf._kernel_name(None) == "python3"
+    argv["value"] = None
+    assert mf._kernel_name(None) == "python3"
+    assert mf._kernel_name("mine") == "mine"

@@ -198,3 +198,13 @@ def test_show_images_accepts_uint8_and_labels_rows():
     assert shown.shape == (2 * 7 + 1, 2 * 7 + 1) and shown[1, 1] == 0.0 and shown[1, 8] == 1.0
     assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b"]
     plt.close(fig)
+
+
+def test_latex_sci():
+    from diffusion.report import latex_sci
+
+    assert latex_sci(0.0024) == r"$2.4\times10^{-3}$"
+    assert latex_sci(3.25, 2) == "$3.25$" and latex_sci(0) == "$0$"
+    assert latex_sci(-12345, 2) == r"$-1.23\times10^{4}$"
+    with pytest.raises(ValueError):
+        latex_sci(float("nan"))

@@ -79,6 +79,46 @@ def test_samplers_reach_the_data_distribution(sampler, steps):
     assert x.var().item() == pytest.approx(s2, rel=0.06)
 
 
+MIX_MEANS = torch.tensor([[-0.6, -0.6], [0.5, 0.0], [0.0, 0.7]])
+MIX_WEIGHTS = torch.tensor([0.5, 0.3, 0.2])
+MIX_STD = 0.1
+
+
+def exact_mixture_eps_model(d, means=MIX_MEANS, weights=MIX_WEIGHTS, s=MIX_STD):
+    """E[ε | x_t] for data x_0 ~ Σ_k π_k N(μ_k, s² I) (a non-Gaussian distribution, computed in float64):
+    x_t | k ~ N(√ᾱ μ_k, (ᾱ s² + 1 − ᾱ) I), E[x_0 | x_t, k] = μ_k + √ᾱ s² (x_t − √ᾱ μ_k) / (ᾱ s² + 1 − ᾱ),
+    and E[ε | x_t] = (x_t − √ᾱ E[x_0 | x_t]) / √(1 − ᾱ)."""
+    ab_all = torch.tensor(d.alpha_bar, dtype=torch.float64)
+    mu, logw = means.double(), weights.double().log()
+
+    def model(x, t, **_):
+        xd, ab = x.double(), ab_all[t].view(-1, 1, 1)                       # (B, 1, 1)
+        var = ab * s**2 + 1 - ab
+        diff = xd[:, None, :] - ab.sqrt() * mu[None]                          # (B, K, D)
+        resp = torch.softmax(logw - 0.5 * (diff**2).sum(-1) / var[..., 0], dim=1)   # (B, K)
+        x0_k = mu[None] + ab.sqrt() * s**2 * diff / var
+        x0 = (resp[..., None] * x0_k).sum(1)
+        return ((xd - ab[:, 0].sqrt() * x0) / (1 - ab[:, 0]).sqrt()).to(x.dtype)
+    return model
+
+
+@pytest.mark.parametrize("sampler,steps", [("ancestral", None), ("ddim", 100), ("dpmpp2m", 25)])
+def test_samplers_recover_a_gaussian_mixture(sampler, steps):
+    """With the exact ε-predictor of a three-component mixture, every sampler must put each mode's share of
+    the samples near it, with the mode's spread: the non-linear regime the Gaussian test cannot probe."""
+    d = create_diffusion("linear", 1000)
+    x = sample(d, exact_mixture_eps_model(d), (4000, 2), sampler=sampler, steps=steps, clip_denoised=False,
+               generator=torch.Generator().manual_seed(4))
+    dist = torch.cdist(x.double(), MIX_MEANS.double())
+    nearest = dist.argmin(1)
+    shares = torch.bincount(nearest, minlength=3).double() / len(x)
+    assert torch.allclose(shares, MIX_WEIGHTS.double(), atol=0.03), shares
+    assert dist.min(1).values.max() < 6 * MIX_STD          # nothing stranded between the modes
+    for k in range(3):
+        spread = (x[nearest == k] - MIX_MEANS[k]).std(0)
+        assert torch.allclose(spread, torch.full((2,), MIX_STD), rtol=0.15), (k, spread)
+
+
 def test_respaced_ancestral_variances_bracket_the_data():
     """With 100 respaced steps, σ² = β̃ (fixed-small) under-disperses and σ² = β (fixed-large) over-disperses."""
     s2, var = 0.09, {}

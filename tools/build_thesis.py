@@ -53,6 +53,7 @@ COMPARISONS = {
     "RelBpd": ("BpdFixedSmall", "BpdFixedLarge"),
     "RelWidth": ("WidthCfdNarrow", "WidthCfdBase"),
     "RelDepth": ("DepthCfdShallow", "WidthCfdBase"),
+    "RelEpsTop": ("EpsMseTop", "EpsMseTopTrivial"),
 }
 
 
@@ -187,6 +188,9 @@ def tex_path(path: Path) -> str:
 def _number(text: str | None) -> float | None:
     if text is None:
         return None
+    sci = re.fullmatch(r"\$?(-?[\d.]+)(?:\\times10\^\{(-?\d+)\})?\$?", text.strip())  # report.latex_sci
+    if sci:
+        return float(sci.group(1)) * 10.0 ** int(sci.group(2) or 0)
     cleaned = re.sub(r"[\s,{}~]|\\,|\\%|\\thinspace", "", text).rstrip("%")
     try:
         return float(cleaned)

@@ -74,15 +74,20 @@ def notebook_names(notebooks_dir: Path, only: str | None) -> list[str]:
 
 
 def _kernel_name(requested: str | None) -> str:
+    """``requested``, else the project's kernel (``make setup`` registers ``ddpm-thesis`` in the virtual
+    environment) when it runs this very interpreter, else ``python3`` (jupyter_client starts it with this
+    interpreter). A kernel registered by another checkout, or whose interpreter is gone, is never used."""
     if requested:
         return requested
-    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
-    specs = KernelSpecManager().find_kernel_specs()
-    for name in ("ddpm", "ddpm-thesis", "diffusion"):
-        if name in specs:
-            return name
-    return "python3"
+    try:
+        argv = KernelSpecManager().get_kernel_spec("ddpm-thesis").argv
+    except NoSuchKernel:
+        return "python3"
+    # Compared unresolved: every virtual environment's python links to the same base interpreter.
+    ours = bool(argv) and os.path.isfile(argv[0]) and os.path.abspath(argv[0]) == os.path.abspath(sys.executable)
+    return "ddpm-thesis" if ours else "python3"
 
 
 def run_notebook(name: str, params: dict, notebooks_dir: Path, build_dir: Path, kernel: str,
