@@ -98,9 +98,10 @@ art.number("StepsCfdFull", res["ancestral", steps_list[0]]["cfd"], "{:.2f}")
 if ("ddim", 50) in res:
     art.number("StepsTimeFifty", res["ddim", 50]["spi"], "{:.3f}")
     art.number("StepsCfdFifty", res["ddim", 50]["cfd"], "{:.2f}")
+    art.number("StepsCfdFiftyAncestral", res["ancestral", 50]["cfd"], "{:.2f}")
 else:
-    art.number("StepsTimeFifty", "n/a (50 steps not in this profile)")
-    art.number("StepsCfdFifty", "n/a (50 steps not in this profile)")
+    for name in ("StepsTimeFifty", "StepsCfdFifty", "StepsCfdFiftyAncestral"):
+        art.number(name, "n/a (50 steps not in this profile)")
 
 ncol = min(8, full_ancestral_samples, samples_per_setting)
 fig, axes = plt.subplots(1, len(SAMPLER_TITLES), figsize=(len(SAMPLER_TITLES) * 0.5 * ncol + 1.5,
@@ -128,7 +129,8 @@ plt.show()
 # %%
 from diffusion.metrics.eps_error import eps_error_by_timestep  # noqa: E402
 
-eps_ts = sorted({min(int(v), T - 1) for v in np.unique(np.geomspace(1, T, 14).round() - 1)})
+eps_ts = sorted({min(int(v), T - 1) for v in np.geomspace(1, T, 14).round() - 1}
+                | {int(f * T) - 1 for f in (0.7, 0.8, 0.9, 0.95, 0.98)})  # denser where x̂_0 errors blow up
 dev_m = next(tm.model.parameters()).device
 x_held = test.images[:eps_error_images].to(dev_m).float() / 127.5 - 1
 y_held = test.labels[:eps_error_images].to(dev_m)

@@ -41,7 +41,7 @@ def test_contract_lists_every_artefact_with_its_notebook():
     assert nums["ProfileName"] == "04_training"
     assert nums["UncondBatchSize"] == "04_training"  # a wrapped line continues its notebook's list
     assert nums["StepsCfdFifty"] == "06_ablations" and nums["CfdWOne"] == "05_guidance"
-    assert len(nums) == 38
+    assert len(nums) == 43
 
 
 def test_thesis_uses_only_contract_artefacts_and_all_figures():

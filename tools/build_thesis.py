@@ -54,6 +54,7 @@ COMPARISONS = {
     "RelWidth": ("WidthCfdNarrow", "WidthCfdBase"),
     "RelDepth": ("DepthCfdShallow", "WidthCfdBase"),
     "RelEpsTop": ("EpsMseTop", "EpsMseTopTrivial"),
+    "RelDdimAncestral": ("StepsCfdFifty", "StepsCfdFiftyAncestral"),
 }
 
 
