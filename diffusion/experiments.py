@@ -4,7 +4,7 @@ A *model spec* (from ``configs/profiles/<profile>.yaml``, ``common.cond`` / ``co
 file and ``--set``-style overrides::
 
     {"config": "configs/mnist5k.yaml", "set": {"data.name": "mnist5k", "model.class_cond": true},
-     "stage": {"num": 16, "steps": 50}}
+     "stage": {"num": 16, "steps": 50, "sampler": "ancestral"}}
 
 ``stage`` sets the samples the trainer draws at
 ``train.sample_every`` (default 16 images, DDIM with min(50, T) steps).
@@ -112,6 +112,7 @@ class TrainedModel:
     entry: CacheEntry
     summary: dict
     metrics: list = field(default_factory=list)
+    stage_sampler: str = "ddim"     # the sampler of the stage samples (``stage.sampler`` of the spec)
 
     @property
     def run_dir(self) -> Path:
@@ -151,12 +152,13 @@ def trained_model(art: Artefacts, spec: dict, which: str, dev: torch.device | No
     dev = dev or device()
     cfg = load_run_config(spec)
     data = load_data(spec, "train", cfg)
-    stage = {"num": STAGE_SAMPLES, "steps": 50, **(spec.get("stage") or {})}
+    stage = {"num": STAGE_SAMPLES, "steps": 50, "sampler": "ddim", **(spec.get("stage") or {})}
     sample_num, sample_steps = int(stage["num"]), min(int(stage["steps"]), cfg.diffusion.num_timesteps)
+    stage_sampler = str(stage["sampler"])
 
     def work(folder: Path) -> dict:
         trainer = Trainer(cfg, data=data, out_dir=folder / "run", device=dev, resume="auto",
-                          sample_num=sample_num, sample_sampler="ddim", sample_steps=sample_steps)
+                          sample_num=sample_num, sample_sampler=stage_sampler, sample_steps=sample_steps)
         result = trainer.train()
         if result["interrupted"]:
             raise KeyboardInterrupt(f"training of the {which} model interrupted at step {result['step']}; "
@@ -164,7 +166,8 @@ def trained_model(art: Artefacts, spec: dict, which: str, dev: torch.device | No
         return {k: result[k] for k in ("step", "loss", "ema_loss", "wall_time_s", "elapsed_s", "images_per_s")} | {
             "params": count_parameters(trainer.model), "device": str(dev), "dataset": data.label}
 
-    key = {"recipe": RECIPE, "which": which, "config": _config_dict(cfg), "data": data.digest, "stage": [sample_num, sample_steps]}
+    key = {"recipe": RECIPE, "which": which, "config": _config_dict(cfg), "data": data.digest, "stage": [sample_num, sample_steps]
+           + ([stage_sampler] if stage_sampler != "ddim" else [])}  # keys of earlier DDIM runs stay valid
     entry = art.cached(key, work, kind=kind or f"train-{which}", producer=producer, modules=["diffusion.train"])
     state = load_checkpoint(entry.path / "run" / "checkpoints", map_location=dev)
     model, raw = build_model(cfg, data).to(dev), build_model(cfg, data).to(dev)
@@ -176,7 +179,8 @@ def trained_model(art: Artefacts, spec: dict, which: str, dev: torch.device | No
     metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()] \
         if metrics_path.is_file() else []
     null_class = model.num_classes if cfg.model.class_cond else None
-    return TrainedModel(which, cfg, model, raw, build_diffusion(cfg), data, null_class, entry, entry.result, metrics)
+    return TrainedModel(which, cfg, model, raw, build_diffusion(cfg), data, null_class, entry, entry.result, metrics,
+                        stage_sampler=stage_sampler)
 
 
 @torch.no_grad()

@@ -46,7 +46,7 @@ from diffusion.data import InfiniteBatches, load_dataset
 from diffusion.ema import EMA
 from diffusion.fast import configure_backends
 from diffusion.report import image_grid
-from diffusion.samplers import sample
+from diffusion.samplers import SAMPLERS, sample
 
 __all__ = [
     "NonFiniteLossError", "TrainStats", "Trainer", "make_train_step", "resolve_device", "save_sample_grid",
@@ -320,6 +320,8 @@ class Trainer:
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.metrics_path = self.out_dir / "metrics.jsonl"
         self.progress = progress
+        if sample_sampler not in SAMPLERS:  # checked now, not at the first sample_every step
+            raise ValueError(f"sample_sampler must be one of {SAMPLERS}, got {sample_sampler!r}")
         self.sample_num, self.sample_sampler, self.sample_steps = int(sample_num), sample_sampler, int(sample_steps)
         compile = tc.compile if compile is None else compile
         # True compiles the model: on an H200 (CIFAR-10 U-Net, batch 128, bf16) it beat compiling the whole

@@ -84,7 +84,8 @@ art.save_figure(fig, "loss_curve", dataset=" / ".join(tm.data.label for tm in mo
 
 # %% [markdown]
 # ## §4.2.2: samples at several training stages
-# Fixed noise and the EMA weights at each stage (DDIM, written by the trainer at `train.sample_every`);
+# Fixed noise and the EMA weights at each stage (the spec's `stage.sampler`, written by the trainer at
+# `train.sample_every`);
 # conditional rows cycle through the classes.
 
 # %%
@@ -94,7 +95,8 @@ if stages:
     fig, ax = plt.subplots(figsize=(0.5 * ncol + 2.0, 0.5 * len(stages) + 0.5))
     report.show_images(ax, np.concatenate([imgs[:ncol] for _, _, imgs in stages]), nrow=ncol,
                        row_labels=[f"{label[w]}, step {step:,}" for w, step, _ in stages])
-    ax.set_title(f"EMA samples during training ({models['cond'].data.label})")
+    ax.set_title(f"EMA samples during training ({models['cond'].data.label}, {models['cond'].stage_sampler} "
+                 "sampler)")
     art.save_figure(fig, "training_stages", dataset=" / ".join(tm.data.label for tm in models.values()))
 else:
     print("no stage samples: the configs set no train.sample_every")

@@ -147,6 +147,12 @@ def test_batch_must_divide_into_accumulation():
         Trainer(tiny_cfg(batch_size=6, grad_accum=4), data=tiny_data(), device="cpu", progress=False)
 
 
+def test_unknown_stage_sampler_is_refused_before_training(tmp_path):
+    with pytest.raises(ValueError, match="sample_sampler"):
+        Trainer(tiny_cfg(), data=tiny_data(), out_dir=tmp_path, device="cpu", progress=False, sample_sampler="euler")
+    assert not (tmp_path / "checkpoints").exists()
+
+
 class _Recorder(nn.Module):
     """ε_θ = a·x_t; records the labels it sees."""
 
