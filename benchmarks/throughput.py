@@ -468,8 +468,6 @@ class Bench:
             if not math.isfinite(loss):
                 self.result["checks"].append({"name": f"train/{name} loss finite", "rel_err": None, "tol": None,
                                               "pass": False})
-        self.train_steps.clear()
-        free(dev)
 
     # ------------------------------------------------------------------ sampling
     def autocast(self):
@@ -734,9 +732,11 @@ def main(argv=None) -> int:
               "measure the baseline — measuring this project only", flush=True)
     bench.parameter_counts()
     bench.save()
-    # Every variant is built and warmed up first (eager ones first, compiled ones last, so that --budget-s
-    # cuts only compiled variants), then all are timed together, interleaved.
-    order = lambda names: [n for n in names if "compile" not in n] + [n for n in names if "compile" in n]  # noqa: E731
+    def order(names: list[str]) -> list[str]:
+        """Eager variants first, compiled ones last, so that --budget-s cuts only compiled variants. Every
+        variant of a phase is built and warmed up first, then all are timed together, interleaved."""
+        return [n for n in names if "compile" not in n] + [n for n in names if "compile" in n]
+
     if args.train_variants:
         print(f"training (batch {args.batch}):", flush=True)
     for name in order(args.train_variants):
@@ -747,7 +747,7 @@ def main(argv=None) -> int:
         bench.guarded("train", name, lambda: bench.prepare_train(name))
     if bench.train_steps:
         bench.guarded("train", "timing", bench.time_train)
-        bench.train_steps.clear()
+        bench.train_steps.clear()  # also after a failed timing
         torch._dynamo.reset()  # drop the compiled graphs (and the models they hold)
         free(bench.device)
     if args.sample_variants or args.sampler_steps:

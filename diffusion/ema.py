@@ -11,10 +11,13 @@ decay^(N−k) of the early, poorly trained weights after N steps (0.995^400 ≈ 
 effective averaging window is about n/9 steps until it reaches 1/(1 − decay); for decay 0.9999 that is
 after ≈ 90,000 updates, so an 800k-step thesis run is hardly affected.
 
-The update is done for all parameters at once with ``torch._foreach_lerp_`` (one fused kernel launch per
-dtype/device group, and no host synchronisation: the warm-up's update count is a device tensor, so the
-update can sit inside a compiled training step). Buffers (none in the U-Net, but e.g. running statistics
-in other models) are copied, not averaged. Sampling and evaluation use the EMA weights.
+The update is ``torch._foreach_lerp_`` over all parameters and runs without host synchronisation: the
+update count lives in a device tensor and the warm-up's decay is computed from it on the device (passed
+as a tensor-list weight; a ``Scalar`` weight would copy it to the host). With a constant decay the update
+is one fused kernel launch per dtype/device group; the warm-up's tensor weights take ATen's per-tensor
+route (one launch per parameter tensor, or fused by ``torch.compile``). Nothing in ``update`` is a Python value that changes from step to step,
+so it can sit inside a compiled training step without recompiling. Buffers (none in the U-Net, but e.g.
+running statistics in other models) are copied, not averaged. Sampling and evaluation use the EMA weights.
 """
 
 from __future__ import annotations
@@ -49,12 +52,16 @@ class EMA:
         self.warmup = bool(warmup)
         self.module = copy.deepcopy(model).eval()
         self.module.requires_grad_(False)
-        self.num_updates = 0
         self._ema_params = [p for p in self.module.parameters()]
         self._ema_buffers = [b for b in self.module.buffers()]
-        first = self._ema_params[0] if self._ema_params else None
+        device = self._ema_params[0].device if self._ema_params else None
         # Updates made so far, on the parameters' device (float64: exact far beyond any run length).
-        self._count = torch.zeros((), dtype=torch.float64, device=first.device if first is not None else None)
+        self._count = torch.zeros((), dtype=torch.float64, device=device)
+
+    @property
+    def num_updates(self) -> int:
+        """Updates made so far (reads the device counter: a host synchronisation, for bookkeeping only)."""
+        return int(self._count.item())
 
     def current_decay(self, n: int | None = None) -> float:
         """d_n for the update that follows ``n`` earlier ones (default: the next update)."""
@@ -63,22 +70,21 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """θ_EMA ← d_n·θ_EMA + (1−d_n)·θ for every parameter (foreach lerp), buffers copied."""
+        """θ_EMA ← d_n·θ_EMA + (1−d_n)·θ for every parameter, buffers copied."""
         params = [p.detach() for p in model.parameters()]
         if len(params) != len(self._ema_params):
             raise ValueError(f"model has {len(params)} parameter tensors, the EMA copy {len(self._ema_params)}")
-        if self.warmup:
+        if params and self.warmup:
             d = torch.clamp((1.0 + self._count) / (10.0 + self._count), max=self.decay)
-            weight = (1.0 - d).to(params[0].dtype) if params else None
-            if params:
-                torch._foreach_lerp_(self._ema_params, params, weight)
+            weight = (1.0 - d).to(params[0].dtype)
+            # The tensor-list overload keeps the weight on the device (the Scalar one would copy it out).
+            torch._foreach_lerp_(self._ema_params, params, [weight] * len(params))
         elif params:
             torch._foreach_lerp_(self._ema_params, params, 1.0 - self.decay)
-        self._count.add_(1.0)
         buffers = list(model.buffers())
         if buffers:
             torch._foreach_copy_(self._ema_buffers, buffers)
-        self.num_updates += 1
+        self._count.add_(1.0)
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "warmup": self.warmup, "num_updates": self.num_updates,
@@ -88,5 +94,4 @@ class EMA:
         self.module.load_state_dict(state["module"])
         self.decay = float(state["decay"])
         self.warmup = bool(state.get("warmup", False))  # checkpoints written before the warm-up existed
-        self.num_updates = int(state["num_updates"])
-        self._count.fill_(float(self.num_updates))
+        self._count.fill_(float(int(state["num_updates"])))

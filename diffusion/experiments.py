@@ -166,8 +166,7 @@ def trained_model(art: Artefacts, spec: dict, which: str, dev: torch.device | No
         return {k: result[k] for k in ("step", "loss", "ema_loss", "wall_time_s", "elapsed_s", "images_per_s")} | {
             "params": count_parameters(trainer.model), "device": str(dev), "dataset": data.label}
 
-    key = {"recipe": RECIPE, "which": which, "config": _config_dict(cfg), "data": data.digest, "stage": [sample_num, sample_steps]
-           + ([stage_sampler] if stage_sampler != "ddim" else [])}  # keys of earlier DDIM runs stay valid
+    key = {"recipe": RECIPE, "which": which, "config": _config_dict(cfg), "data": data.digest, "stage": [sample_num, sample_steps, stage_sampler]}
     entry = art.cached(key, work, kind=kind or f"train-{which}", producer=producer, modules=["diffusion.train"])
     state = load_checkpoint(entry.path / "run" / "checkpoints", map_location=dev)
     model, raw = build_model(cfg, data).to(dev), build_model(cfg, data).to(dev)

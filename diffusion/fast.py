@@ -35,26 +35,23 @@ def configure_backends(device) -> bool:
 class Bf16Model(nn.Module):
     """``model(x, t, y=None)`` under bf16 autocast on ``x``'s device type; the output is cast to float32.
 
-    Inputs are passed in the memory format of the model's first 4-D weight (channels_last weights get
-    channels_last inputs, avoiding a layout conversion at the first convolution)."""
+    Inputs are passed in the memory format the model's first 4-D weight has when it is wrapped
+    (channels_last weights get channels_last inputs, avoiding a layout conversion at the first convolution)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         if not callable(model):
             raise ValueError(f"model must be callable as model(x, t, y=None), got {type(model).__name__}")
         self.model = model
-
-    def _memory_format(self) -> torch.memory_format:
-        params = getattr(self.model, "parameters", None)
-        for p in params() if params is not None else ():
-            if p.dim() == 4:
-                cl = p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
-                return torch.channels_last if cl else torch.contiguous_format
-        return torch.contiguous_format
+        params = getattr(model, "parameters", None)
+        first_4d = next((p for p in (params() if params is not None else ()) if p.dim() == 4), None)
+        channels_last = first_4d is not None and not first_4d.is_contiguous() \
+            and first_4d.is_contiguous(memory_format=torch.channels_last)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if x.dim() == 4:
-            x = x.contiguous(memory_format=self._memory_format())
+            x = x.contiguous(memory_format=self.memory_format)
         with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
             out = self.model(x, t) if y is None else self.model(x, t, y=y)
         return out.float().contiguous()

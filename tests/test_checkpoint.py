@@ -158,3 +158,24 @@ def test_ema_validation():
         EMA(nn.Linear(2, 2), decay=1.0)
     with pytest.raises(ValueError, match="model"):
         EMA("not a module")
+
+
+@pytest.mark.parametrize("warmup", [False, True])
+def test_ema_update_compiles_once(warmup):
+    """Nothing in update() is a Python value that changes per step: a compiled update (Dynamo, eager backend)
+    never recompiles, and it matches the eager update."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    net = nn.Linear(3, 2)
+    eager, compiled = EMA(net, decay=0.9, warmup=warmup), EMA(net, decay=0.9, warmup=warmup)
+    fn = torch.compile(compiled.update, backend="eager", fullgraph=True)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in range(6):
+            with torch.no_grad():
+                for p in net.parameters():
+                    p.add_(torch.randn_like(p))
+            eager.update(net)
+            fn(net)
+    assert compiled.num_updates == eager.num_updates == 6
+    for a, b in zip(compiled.module.parameters(), eager.module.parameters()):
+        torch.testing.assert_close(a, b)

@@ -103,11 +103,15 @@ def test_comparison_words_follow_the_numbers():
                                              "CfdWThree": "12.0", "CfdWOne": "12.0",
                                              "StepsTimeFull": "8.0", "StepsTimeFifty": "0.4",
                                              "BpdFixedSmall": "n/a", "BpdFixedLarge": "3.1",
+                                             "EpsMseTop": r"$2.0\times10^{-3}$",
+                                             "EpsMseTopTrivial": r"$3.6\times10^{-5}$",
                                              "CondDatasetLabel": "A", "UncondDatasetLabel": "B"})
     text = "\n".join(lines)
     assert r"\newcommand{\RelAccThreeOne}[2]{#1}" in text
     assert r"\newcommand{\RelCfdThreeOne}[2]{相同}" in text
     assert r"\newcommand{\RelBpd}[2]{无法比较}" in text
+    assert r"\newcommand{\RelEpsTop}[2]{#1}" in text  # 2.0e-3 > 3.6e-5, read from report.latex_sci
+    assert build_thesis._number(r"$3.6\times10^{-5}$") == 3.6e-5 and build_thesis._number("$7.1$") == 7.1
     assert r"\newcommand{\StepsSpeedup}{20.0}" in text
     assert r"\CondDatasetLabel{} 与 \UncondDatasetLabel" in text
 
