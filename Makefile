@@ -6,22 +6,31 @@ VENV    ?= .venv
 PYTHON  := $(VENV)/bin/python
 PROFILE ?= quick
 STAMP   := $(VENV)/.setup-stamp
+# JupyterLab opens notebooks/*.py with Jupytext's notebook viewer (docmanager defaultViewers), and the server
+# completes their language_info so that opening one does not mark it modified (tools/jupyterlab/)
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.json $(VENV)/etc/jupyter/jupyter_server_config.py
 TEX_PACKAGES := texlive-xetex texlive-lang-chinese texlive-fonts-recommended texlive-science latexmk biber \
                 texlive-bibtex-extra poppler-utils
 TEX_TOOLS := xelatex latexmk biber pdffonts pdftotext
 
-.PHONY: help setup tex test figures thesis all lab bench clean
+.PHONY: help setup tex test test-lab figures reproduce-check thesis thesis-check all lab bench mutation clean
 
 help:
 	@echo "make all      set-up, figures (PROFILE=$(PROFILE)) and thesis/build/thesis.pdf"
 	@echo "make test     set-up, smoke-profile figures, then the test suite"
 	@echo "make setup    virtual environment $(VENV), notebook kernel, Debian TeX packages"
-	@echo "make figures  run the notebooks headless: PROFILE=smoke|quick|gpu|full"
+	@echo "make figures  run the notebooks headless: PROFILE=smoke|quick|gpu|full (ALLOW_DIRTY=1: uncommitted"
+	@echo "              sources allowed, artefacts marked dirty)"
+	@echo "make reproduce-check  clone HEAD, regenerate figures/quick from an empty cache, compare numbers.tex"
 	@echo "make thesis   build thesis/build/thesis.pdf (PROFILE= default: best profile with figures)"
+	@echo "make thesis-check  build the thesis, then check its pages, fonts and figure text sizes"
 	@echo "make lab      open the notebooks in JupyterLab"
+	@echo "make test-lab open every notebook in JupyterLab in headless Chromium, run 01 (browser test)"
 	@echo "make bench    throughput benchmark (project vs diffusers)"
+	@echo "make mutation mutation testing of the maths and training modules (about an hour on 2 cores;"
+	@echo "              MODULES=schedules,losses,... for a subset; docs/testing.md)"
 
-setup: $(STAMP) tex
+setup: $(STAMP) $(LAB_SETTINGS) tex
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
@@ -30,6 +39,12 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m pip install -q --no-deps --no-build-isolation -e .
 	$(PYTHON) -m ipykernel install --sys-prefix --name ddpm-thesis --display-name "DDPM thesis ($(VENV))" >/dev/null
 	touch $(STAMP)
+
+$(VENV)/share/jupyter/lab/settings/overrides.json: tools/jupyterlab/overrides.json $(STAMP)
+	install -D -m 644 $< $@
+
+$(VENV)/etc/jupyter/jupyter_server_config.py: tools/jupyterlab/jupyter_server_config.py $(STAMP)
+	install -D -m 644 $< $@
 
 # TeX for the thesis: installed when run as root, otherwise the exact command is printed.
 tex:
@@ -44,24 +59,47 @@ tex:
 	fi
 
 test: setup
-	$(PYTHON) tools/make_figures.py --profile smoke
+	$(PYTHON) tools/make_figures.py --profile smoke --allow-dirty  # smoke figures are git-ignored test output
 	$(PYTHON) -m pytest -q
 
 figures: $(STAMP)
-	$(PYTHON) tools/make_figures.py --profile $(PROFILE)
+	$(PYTHON) tools/make_figures.py --profile $(PROFILE) $(if $(filter 1,$(ALLOW_DIRTY)),--allow-dirty,)
+
+# Regenerates figures/quick in a clone of HEAD with an empty cache (about 20 minutes on 2 cores, reusing
+# this checkout's $(VENV)) and compares every number of numbers.tex with the committed one.
+reproduce-check: $(STAMP)
+	$(PYTHON) tools/reproduce_check.py --venv $(VENV)
 
 thesis: tex $(STAMP)
 	$(PYTHON) tools/build_thesis.py $(if $(filter command line,$(origin PROFILE)),--profile $(PROFILE),)
+
+# Look at the built PDF as an examiner would: every page renders, no "??", fonts embedded, no figure text
+# below 7 pt at print size, page count in bounds.
+thesis-check: thesis
+	$(PYTHON) tools/thesis_check.py --pdf thesis/build/thesis.pdf
 
 all: setup
 	$(MAKE) figures PROFILE=$(PROFILE)
 	$(MAKE) thesis $(if $(filter command line,$(origin PROFILE)),PROFILE=$(PROFILE),)
 
-lab: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks/
+# Served from the repository root (so jupytext.toml applies to notebooks/), opened on notebooks/.
+lab: $(STAMP) $(LAB_SETTINGS)
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks \
+	  $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+# Real-browser test of the notebooks in JupyterLab: needs Debian's chromium (installed here when run as root).
+test-lab: $(STAMP) $(LAB_SETTINGS)
+	@test -x /usr/bin/chromium || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium missing; install it with: sudo apt-get install -y chromium"; exit 1; fi; }
+	DDPM_LAB_TESTS=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_lab.py
 
 bench: $(STAMP)
 	$(PYTHON) benchmarks/throughput.py
+
+# Not part of `make test`: mutmut over the modules of docs/testing.md, in build/mutation/.
+mutation: $(STAMP)
+	nice -n 15 $(PYTHON) tools/mutation.py $(if $(MODULES),--modules $(MODULES),)
 
 clean:
 	rm -rf build thesis/build figures/smoke

@@ -2,7 +2,10 @@
 
 import sys
 
-from diffusion.cli import main
-
 if __name__ == "__main__":
+    try:
+        from diffusion.cli import main
+    except KeyboardInterrupt:  # Ctrl-C at the very start: no traceback either
+        print("python -m diffusion: interrupted (Ctrl-C)", file=sys.stderr)
+        sys.exit(130)
     sys.exit(main())

@@ -1,19 +1,25 @@
 """The command line: ``python -m diffusion train | sample | evaluate | info`` (console script ``ddpm``).
 
-- ``train --config configs/mnist5k.yaml [--set k=v ...] [--out runs/x] [--resume] [--data-root P]
-  [--steps N] [--device cpu|cuda]``: trains with :class:`diffusion.train.Trainer` (progress bar, metrics log,
+- ``train --config configs/mnist5k.yaml [--set k=v ...] [--out runs/x] [--resume [--allow-config-change]]
+  [--data-root P] [--steps N] [--device cpu|cuda]``: trains with :class:`diffusion.train.Trainer` (progress bar, metrics log,
   checkpoints; Ctrl-C or SIGTERM saves a checkpoint and exits; ``--resume`` continues exactly).
   Under ``torchrun --nproc_per_node=N -m diffusion train ...`` it trains with DistributedDataParallel.
 - ``sample --ckpt RUN_OR_FILE --sampler ancestral|ddim|dpmpp2m --steps N --eta E --guidance-scale W
   --classes 0,1,2 --num N --seed S --out grid.png``: a PNG grid and an ``.npz`` beside it (EMA weights).
-- ``evaluate --ckpt ... --metrics fid,is,cfd,accuracy,bpd,nn --num-samples N``: calls
-  :func:`diffusion.metrics.evaluate.evaluate` and writes its JSON.
+- ``evaluate --ckpt ... --metrics fid,is,cfd,accuracy,bpd,nn --num-samples N [--no-download]``: calls
+  :func:`diffusion.metrics.evaluate.evaluate` and writes its JSON (stdout holds only the JSON; logs and
+  progress go to stderr).
 - ``info --config configs/cifar10.yaml``: the U-Net by stage, parameter counts (without and with the class
   embedding) and FLOPs per image.
+- ``import-diffusers SRC --out CKPT [--data NAME]``: a published DDPM checkpoint in diffusers' format (folder
+  or hub id) converted by :mod:`diffusion.convert` into a checkpoint that ``sample``/``evaluate`` accept.
 
-Bad input (unknown option, bad value, missing file or dataset, unusable checkpoint) prints one message to
-stderr and exits with status 2, never a traceback. A NaN loss exits with status 1; an interrupted training
-with 128 + the signal number (130 for Ctrl-C, 143 for SIGTERM) after saving its checkpoint.
+Bad input (unknown option, bad value, malformed YAML, missing file or dataset, unusable checkpoint, an
+output path that cannot be written, a run folder locked by another run, a full disk) prints one paragraph
+to stderr and exits with status 2, never a traceback (``--debug`` or ``DDPM_DEBUG=1`` adds it). Output
+paths are checked before any work starts; ``train`` locks its run folder (``diffusion.runs``). A NaN loss
+exits with status 1; an interrupted training with 128 + the signal number (130 for Ctrl-C, 143 for SIGTERM)
+after saving its checkpoint; Ctrl-C before training starts with 130.
 """
 
 from __future__ import annotations
@@ -103,23 +109,28 @@ def data_standin(channels: int, image_size: int, num_classes: int):
 def load_trained(ckpt: str | Path, device=None, use_ema: bool = True):
     """Model (EMA weights unless ``use_ema=False``, eval mode), diffusion, config and checkpoint of a
     trained run; ``ckpt`` is a checkpoint file or a run folder (its newest checkpoint)."""
-    from diffusion.checkpoint import CheckpointError, load_checkpoint
-    from diffusion.config import build_diffusion, build_model, config_from_dict
+    from diffusion.checkpoint import CheckpointError, check_weights_fit, load_checkpoint, require_entries
+    from diffusion.config import build_diffusion, build_model, config_from_checkpoint
     from diffusion.fast import configure_backends
     from diffusion.train import resolve_device
 
     device = resolve_device(device)
     configure_backends(device)
     state = load_checkpoint(ckpt, map_location=device)
+    require_entries(state, ckpt, ("config", "data", "step", "ema" if use_ema else "model"),
+                    " (sample and evaluate rebuild the model from them)")
     try:
-        cfg = config_from_dict(state["config"])
+        cfg = config_from_checkpoint(state["config"])
         info = state["data"]
         model = build_model(cfg, data_standin(info["channels"], info["image_size"], info["num_classes"])).to(device)
         weights = state["ema"]["module"] if use_ema else state["model"]
+        check_weights_fit(model, weights, ckpt, "EMA weights" if use_ema else "weights")
         model.load_state_dict(weights)
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        if isinstance(err, CheckpointError):
+            raise
         raise CheckpointError(f"checkpoint {ckpt} cannot be rebuilt into a model: "
-                              f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+                              f"{' '.join(str(err).split()) or type(err).__name__}") from None
     return model.eval(), build_diffusion(cfg), cfg, state
 
 
@@ -137,7 +148,8 @@ def _cmd_train(args) -> int:
     compile_mode = {None: None, "off": False, "model": "model", "step": "step"}[args.compile]
     try:
         trainer = Trainer(cfg, out_dir=args.out, device=args.device, resume=args.resume,
-                          progress=not args.no_progress, compile=compile_mode)
+                          progress=not args.no_progress, compile=compile_mode,
+                          allow_config_change=args.allow_config_change)
         result = trainer.train()
     finally:
         destroy()
@@ -165,9 +177,11 @@ def _fast(model, args):
 def _cmd_sample(args) -> int:
     import torch
 
+    from diffusion.runs import prepare_output_file
     from diffusion.samplers import sample
     from diffusion.train import save_sample_grid
 
+    prepare_output_file(args.out, "--out", suffixes=(".png",))  # before sampling, not after
     model, diffusion, cfg, state = load_trained(args.ckpt, args.device, use_ema=not args.raw)
     device = next(model.parameters()).device
     model = _fast(model, args)
@@ -207,21 +221,34 @@ def _cmd_sample(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from diffusion.metrics.evaluate import evaluate
+    import contextlib
 
-    model, diffusion, cfg, state = load_trained(args.ckpt, args.device)
-    device = next(model.parameters()).device
-    model = _fast(model, args)
-    data_root = args.data_root if args.data_root is not None else cfg.data.root
-    result = evaluate(model, diffusion, cfg.data.name, metrics=args.metrics, num_samples=args.num_samples,
-                      sampler=args.sampler, steps=args.steps, eta=args.eta, guidance_scale=args.guidance_scale,
-                      num_classes=model.num_classes if cfg.model.class_cond else None, batch_size=args.batch_size,
-                      bpd_images=args.bpd_images, seed=args.seed, device=device,
-                      data_root=data_root, image_size=cfg.data.image_size)
-    result = dict(result, checkpoint=str(args.ckpt), checkpoint_step=int(state["step"]))
+    from diffusion.metrics.evaluate import evaluate
+    from diffusion.runs import UserError, prepare_output_file
+
     if args.out is not None:
-        args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(json.dumps(result, indent=2, default=str))
+        prepare_output_file(args.out, "--out")  # before the metrics are computed, not after
+    # stdout carries the JSON record and nothing else: whatever the libraries print goes to stderr
+    with contextlib.redirect_stdout(sys.stderr):
+        model, diffusion, cfg, state = load_trained(args.ckpt, args.device)
+        device = next(model.parameters()).device
+        model = _fast(model, args)
+        data_root = args.data_root if args.data_root is not None else cfg.data.root
+        result = evaluate(model, diffusion, cfg.data.name, metrics=args.metrics, num_samples=args.num_samples,
+                          sampler=args.sampler, steps=args.steps, eta=args.eta, guidance_scale=args.guidance_scale,
+                          num_classes=model.num_classes if cfg.model.class_cond else None,
+                          batch_size=args.batch_size, bpd_images=args.bpd_images, seed=args.seed, device=device,
+                          data_root=data_root, image_size=cfg.data.image_size,
+                          allow_download=not args.no_download)
+    result = dict(result, checkpoint=str(args.ckpt), checkpoint_step=int(state["step"]))
+    text = json.dumps(result, indent=2, default=str)
+    print(text, flush=True)  # printed first: a failing write below cannot lose the results
+    if args.out is not None:
+        try:
+            args.out.write_text(text + "\n")
+        except OSError as err:
+            raise UserError(f"--out {args.out}: the results could not be written ({err.strerror or err}); "
+                            "they were printed on stdout above") from None
     return 0
 
 
@@ -263,6 +290,13 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _cmd_import_diffusers(args) -> int:
+    from diffusion.convert import import_diffusers
+
+    print(json.dumps(import_diffusers(args.src, args.out, data=args.data), indent=2))
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -271,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "evaluate, inspect.")
     parser.add_argument("--threads", type=_positive_int, default=None,
                         help="torch CPU threads (default: torch's choice; on small shared VMs 1 can be fastest)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,evaluate,info}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,evaluate,info,import-diffusers}")
 
     p = sub.add_parser("train", help="train a model from a YAML config",
                        description="Train ε_θ with L_simple (algorithm 1). Ctrl-C/SIGTERM saves a checkpoint; "
@@ -281,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value, e.g. --set model.ch=64 (repeatable)")
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: accept settings that differ from the run's saved config beyond run "
+                        "length, logging, checkpoint and sample intervals (recorded in the run's history.jsonl)")
     p.add_argument("--data-root", type=Path, default=None,
                    help="folder holding the datasets (default $DDPM_DATA_ROOT, else <repo>/data)")
     p.add_argument("--steps", type=_positive_int, default=None, help="total training steps (train.total_steps)")
@@ -330,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", type=Path, default=None, help="dataset folder (default $DDPM_DATA_ROOT)")
     p.add_argument("--device", type=_device, default=None, help="cpu or cuda")
     p.add_argument("--out", type=Path, default=None, help="JSON output path (default: print only)")
+    p.add_argument("--no-download", action="store_true",
+                   help="never download the Inception weights; without the file in the torch hub cache "
+                        "fid/is are recorded as unavailable (an error if only they were asked for)")
     p.add_argument("--no-compile", action="store_true",
                    help="on CUDA, do not torch.compile the network (compiling costs tens of seconds once)")
     p.set_defaults(func=_cmd_evaluate)
@@ -341,28 +381,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("import-diffusers", help="convert a diffusers UNet2DModel (DDPM's layout) into a checkpoint",
+                       description="Convert a published DDPM checkpoint in diffusers' format (a local folder with "
+                                   "config.json + weights, or a hub id such as google/ddpm-cifar10-32 when online) "
+                                   "into a checkpoint that sample/evaluate accept (diffusion.convert).")
+    p.add_argument("src", help="folder with config.json and the weights, or a hub id")
+    p.add_argument("--out", required=True, type=Path, help="checkpoint file to write, e.g. ddpm-cifar10-32.pt")
+    p.add_argument("--data", default=None,
+                   help="dataset evaluate compares with (default: cifar10 for 3×32×32, celeba64 for 3×64×64)")
+    p.set_defaults(func=_cmd_import_diffusers)
+
+    debug_help = "on failure, print the traceback too (also DDPM_DEBUG=1)"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
+    for p in sub.choices.values():  # accepted after the command as well
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status (2 for bad input, with a message on stderr)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from diffusion.checkpoint import CheckpointError
-    from diffusion.train import NonFiniteLossError
+    """Run the command line; returns the exit status: 2 for a failure the user can fix (one paragraph on
+    stderr, ``diffusion.runs.describe_failure``; the traceback only with ``--debug`` or ``DDPM_DEBUG=1``),
+    1 for a non-finite loss, 130 for Ctrl-C (at start-up too)."""
+    import os
+    import traceback
+    import warnings
 
-    if args.threads is not None:
-        import torch
+    from diffusion.runs import describe_failure, format_warning
 
-        torch.set_num_threads(args.threads)
+    debug = os.environ.get("DDPM_DEBUG", "") not in ("", "0")
     try:
-        return args.func(args)
-    except NonFiniteLossError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except (ValueError, FileNotFoundError, CheckpointError) as err:
-        print(f"{parser.prog} {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        parser = build_parser()
+        args = parser.parse_args(argv)  # --device imports torch: Ctrl-C can land here
     except KeyboardInterrupt:
-        print(f"{parser.prog} {args.command}: interrupted", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        print("python -m diffusion: interrupted (Ctrl-C)", file=sys.stderr)
         return 130
+    debug = debug or bool(getattr(args, "debug", False))
+    prefix = f"{parser.prog} {args.command}"
+    formatwarning = warnings.formatwarning
+    if not debug:
+        warnings.formatwarning = format_warning
+    try:
+        if args.threads is not None:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        return args.func(args)
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print(f"{prefix}: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
+    except Exception as err:
+        described = describe_failure(err)
+        if described is None:  # not the user's mistake: a bug, with its traceback
+            raise
+        if debug:
+            traceback.print_exc()
+        message, status = described
+        print(f"{prefix}: error: {message}", file=sys.stderr)
+        return status
+    finally:
+        warnings.formatwarning = formatwarning

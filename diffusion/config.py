@@ -19,7 +19,8 @@ from pathlib import Path
 import yaml
 
 __all__ = ["Config", "DataConfig", "DiffusionConfig", "ModelConfig", "TrainConfig", "build_diffusion",
-           "build_model", "config_from_dict", "config_to_dict", "load_config", "parse_override"]
+           "build_model", "config_from_checkpoint", "config_from_dict", "config_to_dict", "load_config",
+           "parse_override"]
 
 MODEL_KINDS = ("unet", "mlp")
 COMPILE_MODES = (False, True, "model", "step")  # True = "step" (see diffusion.train)
@@ -28,7 +29,10 @@ COMPILE_MODES = (False, True, "model", "step")  # True = "step" (see diffusion.t
 @dataclass
 class ModelConfig:
     """The network: ``kind="unet"`` is the U-Net of section 3.1 / table 2; ``kind="mlp"`` the small
-    ``diffusion.toy.ToyMLP`` (width ``hidden``) of the 2-D notebook, which ignores the U-Net fields."""
+    ``diffusion.toy.ToyMLP`` (width ``hidden``) of the 2-D notebook, which ignores the U-Net fields.
+    ``time_embed_freq_shift`` (1: DDPM's frequencies 10000^(−i/(half−1)); 0: 10000^(−i/half)) and
+    ``downsample_padding`` (``"tf_same"``: DDPM's TensorFlow padding; ``"symmetric"``) are the two U-Net
+    details of ``diffusion.unet.UNet``; the defaults are DDPM's."""
 
     kind: str = "unet"
     ch: int = 128
@@ -39,12 +43,16 @@ class ModelConfig:
     class_cond: bool = False
     num_heads: int = 1
     hidden: int = 128
+    time_embed_freq_shift: int = 1
+    downsample_padding: str = "tf_same"
 
 
 @dataclass
 class DiffusionConfig:
     """The forward process and objective (section 3.3.2): T, the β schedule β_1 … β_T (eq. 1), the model's
-    output parameterisation, the reverse-process variance and the loss (eq. 14 or 13)."""
+    output parameterisation, the reverse-process variance and the loss (eq. 14 or 13); ``decoder_variance``:
+    the σ_1² of the decoder term L_0 for ``var_type="fixed_large"`` (``"ddpm_code"``: β̃_2, DDPM's code;
+    ``"paper"``: β_1, see ``diffusion.gaussian_diffusion.DecoderVariance``)."""
 
     num_timesteps: int = 1000
     schedule: str = "linear"
@@ -53,6 +61,7 @@ class DiffusionConfig:
     mean_type: str = "eps"
     var_type: str = "fixed_large"
     loss_type: str = "simple"
+    decoder_variance: str = "ddpm_code"
 
 
 @dataclass
@@ -196,9 +205,10 @@ def _check(cond: bool, key: str, allowed: str, value) -> None:
 def _validate(cfg: Config) -> None:
     """Range and choice checks that the types alone do not express."""
     from diffusion.data import DATASET_NAMES
-    from diffusion.gaussian_diffusion import LossType, ModelMeanType, ModelVarType
+    from diffusion.gaussian_diffusion import DecoderVariance, LossType, ModelMeanType, ModelVarType
     from diffusion.schedules import SCHEDULES
     from diffusion.toy import TOY_NAMES
+    from diffusion.unet import DOWNSAMPLE_PADDINGS, TIME_EMBED_FREQ_SHIFTS
 
     m, d, data, t = cfg.model, cfg.diffusion, cfg.data, cfg.train
     _check(m.kind in MODEL_KINDS, "model.kind", f"one of {', '.join(MODEL_KINDS)}", m.kind)
@@ -209,11 +219,16 @@ def _validate(cfg: Config) -> None:
     _check(all(v >= 1 for v in m.attn_resolutions), "model.attn_resolutions", "a list of positive integers",
            list(m.attn_resolutions))
     _check(0.0 <= m.dropout < 1.0, "model.dropout", "in [0, 1)", m.dropout)
+    _check(m.time_embed_freq_shift in TIME_EMBED_FREQ_SHIFTS, "model.time_embed_freq_shift", "0 or 1",
+           m.time_embed_freq_shift)
+    _check(m.downsample_padding in DOWNSAMPLE_PADDINGS, "model.downsample_padding",
+           f"one of {', '.join(DOWNSAMPLE_PADDINGS)}", m.downsample_padding)
     _check(d.num_timesteps >= 1, "diffusion.num_timesteps", "a positive integer", d.num_timesteps)
     _check(d.schedule in SCHEDULES, "diffusion.schedule", f"one of {', '.join(SCHEDULES)}", d.schedule)
     _check(0.0 < d.beta_start <= d.beta_end < 1.0, "diffusion.beta_start/beta_end",
            "0 < beta_start <= beta_end < 1", (d.beta_start, d.beta_end))
-    for key, enum in (("mean_type", ModelMeanType), ("var_type", ModelVarType), ("loss_type", LossType)):
+    for key, enum in (("mean_type", ModelMeanType), ("var_type", ModelVarType), ("loss_type", LossType),
+                      ("decoder_variance", DecoderVariance)):
         allowed = [e.value for e in enum]
         _check(getattr(d, key) in allowed, f"diffusion.{key}", f"one of {', '.join(allowed)}", getattr(d, key))
     toy_names = tuple(f"toy:{n}" for n in TOY_NAMES)
@@ -255,6 +270,21 @@ def config_from_dict(d: dict) -> Config:
     return cfg
 
 
+# What a config stored before these keys existed meant: such checkpoints were trained with this U-Net variant.
+LEGACY_MODEL_KEYS = {"time_embed_freq_shift": 0, "downsample_padding": "symmetric"}
+
+
+def config_from_checkpoint(d: dict) -> Config:
+    """:func:`config_from_dict` of the config stored in a checkpoint; a U-Net config stored before
+    ``model.time_embed_freq_shift``/``model.downsample_padding`` existed gets the variant it was trained with
+    (``LEGACY_MODEL_KEYS``), not today's defaults."""
+    model = d.get("model") if isinstance(d, dict) else None
+    if (isinstance(model, dict) and model.get("kind", "unet") == "unet"
+            and not any(k in model for k in LEGACY_MODEL_KEYS)):
+        d = dict(d, model={**model, **LEGACY_MODEL_KEYS})
+    return config_from_dict(d)
+
+
 def config_to_dict(cfg: Config) -> dict:
     """Plain nested dict (lists instead of tuples) of ``cfg``: YAML-, JSON- and ``weights_only``-safe."""
 
@@ -283,12 +313,26 @@ def parse_override(text: str) -> tuple[list[str], object]:
     return path, parsed
 
 
+def _yaml_problem(err: Exception) -> str:
+    """One line from a PyYAML error: what is wrong and where (1-based line and column)."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    context = getattr(err, "context", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}" + (f" ({context})" if context else "")
+
+
 def load_config(path: str | Path, overrides=()) -> Config:
     """Load the YAML config at ``path`` and apply ``overrides`` (strings ``"section.key=value"``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} not found")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path} is not valid YAML: {_yaml_problem(err)}") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not a UTF-8 text file ({err.reason} at byte {err.start})") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a config file must be a mapping with the keys name, {', '.join(SECTIONS)}")
     raw.setdefault("name", path.stem)
@@ -338,7 +382,8 @@ def build_model(cfg: Config, data_info=None):
                          f"set model.class_cond=false for an unconditional dataset")
     return UNet(in_channels=data_info.channels, ch=m.ch, ch_mult=m.ch_mult, num_res_blocks=m.num_res_blocks,
                 attn_resolutions=m.attn_resolutions, dropout=m.dropout, image_size=data_info.image_size,
-                num_classes=data_info.num_classes if m.class_cond else None, num_heads=m.num_heads)
+                num_classes=data_info.num_classes if m.class_cond else None, num_heads=m.num_heads,
+                time_embed_freq_shift=m.time_embed_freq_shift, downsample_padding=m.downsample_padding)
 
 
 def build_diffusion(cfg: Config):
@@ -347,4 +392,5 @@ def build_diffusion(cfg: Config):
 
     d = cfg.diffusion
     return create_diffusion(schedule=d.schedule, num_timesteps=d.num_timesteps, beta_start=d.beta_start,
-                            beta_end=d.beta_end, mean_type=d.mean_type, var_type=d.var_type, loss_type=d.loss_type)
+                            beta_end=d.beta_end, mean_type=d.mean_type, var_type=d.var_type, loss_type=d.loss_type,
+                            decoder_variance=d.decoder_variance)

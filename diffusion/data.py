@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from diffusion.progress import tqdm
 
 from diffusion.toy import make_toy_2d
 
@@ -180,10 +180,18 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _decoder_version() -> str:
+    """A short SHA-256 of this module's source and the Pillow version: what decodes and crops the images."""
+    import PIL
+
+    return hashlib.sha256(Path(__file__).read_bytes() + PIL.__version__.encode()).hexdigest()[:12]
+
+
 def _cached_array(key: str, compute) -> np.ndarray:
-    """Load ``<cache>/datasets/<key>.npy`` or compute it and store it atomically (a cache that cannot be
-    written only costs a warning)."""
-    path = resolve_cache_dir() / "datasets" / f"{key}.npy"
+    """Load ``<cache>/datasets/<key>-<decoder version>.npy`` or compute it and store it atomically (a cache
+    that cannot be written only costs a warning); the decoder version (:func:`_decoder_version`) makes an
+    edit of the decoding code or another Pillow recompute it."""
+    path = resolve_cache_dir() / "datasets" / f"{key}-{_decoder_version()}.npy"
     if path.is_file():
         try:
             return np.load(path)

@@ -245,42 +245,23 @@ def nearest_neighbours(samples: np.ndarray, train_images, k: int = 5) -> tuple[n
 
 
 def train_toy(art: Artefacts, name: str, n_points: int, num_timesteps: int, train_steps: int, batch_size: int,
-              hidden: int, seed: int = 0, lr: float = 1e-3) -> tuple[torch.nn.Module, dict]:
-    """Train :class:`diffusion.toy.ToyMLP` with L_simple (eq. 14) on a 2-D toy set (cached); returns the
-    model (eval mode) and ``{"loss": [...per step...], "wall_time_s": ...}``."""
+              hidden: int, seed: int = 0, lr: float = 3e-3) -> tuple[torch.nn.Module, dict]:
+    """Train :class:`diffusion.toy.ToyMLP` with L_simple (eq. 14) on a 2-D toy set through
+    :func:`diffusion.toy.fit_toy_mlp` (cached); returns the model (eval mode) and
+    ``{"loss": [...per step...], "wall_time_s": ...}``."""
     from diffusion.gaussian_diffusion import create_diffusion
-    from diffusion.toy import ToyMLP, make_toy_2d
-
-    def build():
-        torch.manual_seed(seed)
-        return ToyMLP(dim=2, hidden=hidden, num_layers=3, time_dim=32)
+    from diffusion.toy import ToyMLP, fit_toy_mlp, make_toy_2d
 
     def work(folder: Path) -> dict:
-        from tqdm.auto import tqdm
-
-        x = make_toy_2d(name, n_points, seed=seed)
-        diff = create_diffusion("linear", num_timesteps)
-        model = build()
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, train_steps)
-        gen = torch.Generator().manual_seed(seed + 1)
-        losses, t0 = [], time.perf_counter()
-        for _ in tqdm(range(train_steps), desc="toy training", mininterval=2):
-            idx = torch.randint(0, n_points, (batch_size,), generator=gen)
-            t = torch.randint(0, num_timesteps, (batch_size,), generator=gen)
-            noise = torch.randn(batch_size, 2, generator=gen)
-            loss = diff.training_losses(model, x[idx], t, noise=noise)["loss"].mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
+        t0 = time.perf_counter()
+        model, losses = fit_toy_mlp(make_toy_2d(name, n_points, seed=seed), create_diffusion("linear", num_timesteps),
+                                    train_steps, batch_size, hidden, lr=lr, seed=seed, progress=True)
         torch.save(model.state_dict(), folder / "model.pt")
         return {"loss": np.asarray(losses), "wall_time_s": time.perf_counter() - t0}
 
     key = {"recipe": RECIPE, "name": name, "n": n_points, "T": num_timesteps, "steps": train_steps, "batch": batch_size,
            "hidden": hidden, "seed": seed, "lr": lr}
     entry = art.cached(key, work, kind="toy", modules=["diffusion.toy", "diffusion.gaussian_diffusion"])
-    model = build()
+    model = ToyMLP(dim=2, hidden=hidden, num_layers=3, time_dim=32)
     model.load_state_dict(torch.load(entry.path / "model.pt", weights_only=True))
     return model.eval(), entry.result

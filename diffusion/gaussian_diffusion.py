@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from diffusion.progress import tqdm
 
 from .losses import discretized_gaussian_log_likelihood, normal_kl
 from .schedules import get_beta_schedule
@@ -34,6 +34,19 @@ class ModelVarType(enum.Enum):
 
     FIXED_LARGE = "fixed_large"  # σ_t² = β_t
     FIXED_SMALL = "fixed_small"  # σ_t² = β̃_t (log clipped at index 0 to β̃ of index 1)
+
+
+class DecoderVariance(enum.Enum):
+    """σ_1² of the decoder p_θ(x_0 | x_1) (index 0, the term L_0 of eq. 7) for ``FIXED_LARGE``.
+
+    The paper's text sets σ_t² = β_t for every t, so σ_1² = β_1. DDPM's released code (and improved DDPM)
+    replaces it by the posterior variance β̃_2 of the second step, "to get a better decoder log likelihood";
+    the bits/dim DDPM reports were computed that way. Only the bound changes: the sampler adds no noise at
+    index 0. ``FIXED_SMALL`` always uses β̃_2 there (β̃_1 = 0).
+    """
+
+    DDPM_CODE = "ddpm_code"  # σ_1² = β̃_2 (np.append(posterior_variance[1], betas[1:]))
+    PAPER = "paper"          # σ_1² = β_1
 
 
 class LossType(enum.Enum):
@@ -62,13 +75,14 @@ class GaussianDiffusion:
     """Forward process q, posterior q(x_{t-1}|x_t,x_0) and reverse process p_θ for a β schedule."""
 
     def __init__(self, betas, model_mean_type=ModelMeanType.EPSILON, model_var_type=ModelVarType.FIXED_LARGE,
-                 loss_type=LossType.SIMPLE):
+                 loss_type=LossType.SIMPLE, decoder_variance=DecoderVariance.DDPM_CODE):
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim != 1 or len(betas) < 1 or not ((betas > 0) & (betas < 1)).all():
             raise ValueError("betas must be a 1-D array with every entry in (0, 1)")
         self.model_mean_type = _enum(ModelMeanType, model_mean_type, "model_mean_type")
         self.model_var_type = _enum(ModelVarType, model_var_type, "model_var_type")
         self.loss_type = _enum(LossType, loss_type, "loss_type")
+        self.decoder_variance = _enum(DecoderVariance, decoder_variance, "decoder_variance")
         self.num_timesteps = len(betas)
 
         self.betas = betas                                            # β_t
@@ -89,7 +103,10 @@ class GaussianDiffusion:
         self.posterior_mean_coef2 = (1.0 - self.alpha_bar_prev) * np.sqrt(self.alphas) / (1.0 - self.alpha_bar)
         # reverse variance σ_t², section 2.3.1
         if self.model_var_type is ModelVarType.FIXED_LARGE:
-            self.model_variance, self.model_log_variance = betas, np.log(betas)
+            self.model_variance = betas.copy()
+            if self.decoder_variance is DecoderVariance.DDPM_CODE and self.num_timesteps > 1:
+                self.model_variance[0] = self.posterior_variance[1]  # σ_1² = β̃_2 (DecoderVariance)
+            self.model_log_variance = np.log(self.model_variance)
         else:
             self.model_log_variance = self.posterior_log_variance_clipped
             self.model_variance = np.exp(self.model_log_variance)
@@ -365,8 +382,9 @@ class GaussianDiffusion:
 
 
 def create_diffusion(schedule="linear", num_timesteps=1000, beta_start=1e-4, beta_end=0.02, mean_type="eps",
-                     var_type="fixed_large", loss_type="simple") -> GaussianDiffusion:
+                     var_type="fixed_large", loss_type="simple", decoder_variance="ddpm_code") -> GaussianDiffusion:
     """A :class:`GaussianDiffusion` from names (section 3.3.2 defaults: linear 1e-4 … 0.02, T = 1000)."""
     betas = get_beta_schedule(schedule, num_timesteps, beta_start, beta_end)
     return GaussianDiffusion(betas, _enum(ModelMeanType, mean_type, "mean_type"),
-                             _enum(ModelVarType, var_type, "var_type"), _enum(LossType, loss_type, "loss_type"))
+                             _enum(ModelVarType, var_type, "var_type"), _enum(LossType, loss_type, "loss_type"),
+                             _enum(DecoderVariance, decoder_variance, "decoder_variance"))

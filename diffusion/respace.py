@@ -57,7 +57,8 @@ class SpacedDiffusion(GaussianDiffusion):
         for i in use:
             betas.append(1.0 - base.alpha_bar[i] / last)
             last = base.alpha_bar[i]
-        super().__init__(np.array(betas), base.model_mean_type, base.model_var_type, base.loss_type)
+        super().__init__(np.array(betas), base.model_mean_type, base.model_var_type, base.loss_type,
+                         base.decoder_variance)
         self.base = base
         self.timestep_map = torch.tensor(use, dtype=torch.long)
 

@@ -6,7 +6,7 @@ import contextlib
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from diffusion.progress import tqdm
 
 from .fast import Bf16Model
 from .gaussian_diffusion import GaussianDiffusion

@@ -1,4 +1,5 @@
-"""Two-dimensional toy data and a small MLP noise-prediction model ε_θ(x_t, t) for the 2-D notebook.
+"""Two-dimensional toy data, a small MLP noise-prediction model ε_θ(x_t, t) for the 2-D notebook, and its
+training loop (L_simple, eq. 14).
 
 Datasets (``make_toy_2d``): ``swiss_roll``, ``8gaussians``, ``25gaussians`` (a ``toy:`` prefix, as in a
 config's ``data.name``, is accepted). Each is centred and scaled by constants of its *population*
@@ -16,7 +17,7 @@ from torch import nn
 
 from diffusion.unet import timestep_embedding
 
-__all__ = ["TOY_NAMES", "ToyMLP", "make_toy_2d"]
+__all__ = ["TOY_NAMES", "ToyMLP", "fit_toy_mlp", "make_toy_2d"]
 
 TOY_NAMES = ("swiss_roll", "8gaussians", "25gaussians")
 SWISS_ROLL_NOISE = 0.25  # std of the isotropic noise added to the raw roll (t cos t, t sin t)
@@ -66,31 +67,85 @@ def make_toy_2d(name: str, n: int, seed: int = 0) -> torch.Tensor:
 
 
 class ToyMLP(nn.Module):
-    """ε_θ(x_t, t) for low-dimensional data: an MLP on [x_t, e_raw(t)], where e_raw is the sinusoidal
-    timestep embedding of eq. (16) (width ``time_dim``); ``num_layers`` hidden SiLU layers of width
-    ``hidden``; the output has x's shape. Unconditional: ``y`` must be None.
+    """ε_θ(x_t, t) for low-dimensional data.
+
+    Inputs: x_t with its Fourier features γ(x) = [x, sin(2^k x), cos(2^k x)]_{k=0…F−1} (per coordinate,
+    ``fourier_octaves`` = F), and the sinusoidal timestep embedding e_raw(t) of eq. (16) (width
+    ``time_dim``) passed through a two-layer MLP e(t) = W₂ SiLU(W₁ e_raw(t)), as in the U-Net (eq. 17).
+    h = SiLU(W_in γ(x_t) + e(t)), then ``num_layers`` − 1 further SiLU layers of width ``hidden``, then a
+    linear map to x's shape. Unconditional: ``y`` must be None.
+
+    Why not a plain MLP on [x_t, e_raw(t)]: with raw coordinates and the raw embedding concatenated, the
+    2-D input is two of 34 columns of one linear layer, and a small MLP on raw coordinates fits smooth,
+    low-frequency functions first; in a few thousand steps it learns ε only well enough to produce a
+    Gaussian-like blob, not the thin roll (the Fourier features give it the high frequencies, the time MLP
+    the t-dependence).
     """
 
-    def __init__(self, dim: int = 2, hidden: int = 128, num_layers: int = 3, time_dim: int = 32):
+    def __init__(self, dim: int = 2, hidden: int = 128, num_layers: int = 3, time_dim: int = 32,
+                 fourier_octaves: int = 4):
         super().__init__()
         for arg, value in (("dim", dim), ("hidden", hidden), ("num_layers", num_layers), ("time_dim", time_dim)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{arg} must be a positive integer, got {value!r}")
+        if isinstance(fourier_octaves, bool) or not isinstance(fourier_octaves, int) or fourier_octaves < 0:
+            raise ValueError(f"fourier_octaves must be a non-negative integer, got {fourier_octaves!r}")
         if time_dim % 2:
             raise ValueError(f"time_dim must be even, got {time_dim}")
-        self.time_dim = time_dim
+        self.dim, self.time_dim = dim, time_dim
+        self.register_buffer("frequencies", 2.0 ** torch.arange(fourier_octaves, dtype=torch.float32),
+                             persistent=False)
+        self.time_mlp = nn.Sequential(nn.Linear(time_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.inp = nn.Linear(dim * (1 + 2 * fourier_octaves), hidden)
         layers: list[nn.Module] = []
-        width = dim + time_dim
-        for _ in range(num_layers):
-            layers += [nn.Linear(width, hidden), nn.SiLU()]
-            width = hidden
-        layers.append(nn.Linear(width, dim))
+        for _ in range(num_layers - 1):
+            layers += [nn.Linear(hidden, hidden), nn.SiLU()]
+        layers.append(nn.Linear(hidden, dim))
         self.net = nn.Sequential(*layers)
+
+    def fourier_features(self, x: torch.Tensor) -> torch.Tensor:
+        """γ(x) = [x, sin(2^k x), cos(2^k x)], shape (B, dim·(1 + 2F))."""
+        angles = (x[:, :, None] * self.frequencies.to(x.dtype)).flatten(1)
+        return torch.cat([x, torch.sin(angles), torch.cos(angles)], dim=1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if y is not None:
             raise ValueError("ToyMLP is unconditional: y must be None")
-        if x.dim() != 2:
-            raise ValueError(f"x must be (B, dim), got shape {tuple(x.shape)}")
-        emb = timestep_embedding(t, self.time_dim).to(x.dtype)
-        return self.net(torch.cat([x, emb], dim=1))
+        if x.dim() != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"x must be (B, {self.dim}), got shape {tuple(x.shape)}")
+        emb = self.time_mlp(timestep_embedding(t, self.time_dim).to(x.dtype))
+        return self.net(nn.functional.silu(self.inp(self.fourier_features(x)) + emb))
+
+
+def fit_toy_mlp(x0: torch.Tensor, diffusion, steps: int, batch_size: int, hidden: int = 128, *, lr: float = 3e-3,
+                seed: int = 0, progress: bool = False) -> tuple[ToyMLP, list[float]]:
+    """Train a :class:`ToyMLP` (3 layers, ``hidden`` wide) with L_simple (eq. 14) on the points ``x0``
+    (N, 2): Adam at ``lr`` with cosine decay to 0 over ``steps``, minibatches of ``batch_size`` points drawn
+    with replacement, t uniform over the T indices. Returns the model (eval mode) and the loss per step.
+    """
+    for arg, value in (("steps", steps), ("batch_size", batch_size), ("hidden", hidden)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{arg} must be a positive integer, got {value!r}")
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if x0.ndim != 2:
+        raise ValueError(f"x0 must be (N, dim) points, got shape {tuple(x0.shape)}")
+    from diffusion.progress import tqdm
+
+    torch.manual_seed(seed)
+    model = ToyMLP(dim=x0.shape[1], hidden=hidden, num_layers=3, time_dim=32)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    gen = torch.Generator().manual_seed(seed + 1)
+    n, T, losses = x0.shape[0], diffusion.num_timesteps, []
+    for _ in tqdm(range(steps), desc="toy training", mininterval=2, disable=not progress):
+        idx = torch.randint(0, n, (batch_size,), generator=gen)
+        t = torch.randint(0, T, (batch_size,), generator=gen)
+        noise = torch.randn(batch_size, x0.shape[1], generator=gen)
+        loss = diffusion.training_losses(model, x0[idx], t, noise=noise)["loss"].mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    return model.eval(), losses

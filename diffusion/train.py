@@ -34,18 +34,21 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from diffusion.progress import tqdm
 
 from diffusion import distributed
 from diffusion.checkpoint import (
-    CheckpointError, checkpoint_path, get_rng_state, git_info, latest_checkpoint, load_checkpoint,
-    save_checkpoint, set_rng_state,
+    CheckpointError, check_weights_fit, checkpoint_path, get_rng_state, git_info, latest_checkpoint,
+    load_newest_readable, save_checkpoint, set_rng_state,
 )
-from diffusion.config import build_diffusion, build_model, config_to_dict
+from diffusion.config import build_diffusion, build_model, config_from_checkpoint, config_to_dict
 from diffusion.data import InfiniteBatches, load_dataset
 from diffusion.ema import EMA
 from diffusion.fast import configure_backends
 from diffusion.report import image_grid
+from diffusion.runs import (
+    RunLock, UserError, append_history, remove_stale_temporaries, resume_config_changes, write_text_atomic,
+)
 from diffusion.samplers import SAMPLERS, sample
 
 __all__ = [
@@ -58,6 +61,8 @@ COMPILE_MODES = (False, "model", "step")
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+    exit_status = 1  # the command line's exit status
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -274,7 +279,20 @@ class Trainer:
     - ``samples/step_<step>.png`` and ``.npz`` at the steps listed in ``sample_every``: ``sample_num``
       images from the EMA weights with fixed noise (seed ``cfg.train.seed``), sampler ``sample_sampler``
       with ``sample_steps`` steps; class-conditional models get labels 0, 1, …, K−1, 0, 1, …;
-    - ``config.json``: the configuration.
+    - ``config.json``: the configuration the run uses (rewritten atomically at every start);
+    - ``history.jsonl``: one line per start (``event`` ``start`` or ``resume``, ``step``, ``checkpoint``,
+      ``config_changes`` ``{"section.key": [saved, new]}`` accepted on resume, ``skipped_checkpoints``);
+    - ``run.lock``: the lock of ``diffusion.runs.RunLock``, held from construction to the end of
+      :meth:`train` (and again by every later :meth:`train` call); a second process gets
+      ``RunLockedError`` naming the holder's pid and host.
+
+    Every start removes the hidden temporaries of interrupted writes and truncates ``metrics.jsonl`` to the
+    step it starts from. A fresh run (``resume=False``) refuses a folder that holds an earlier run's
+    checkpoints or outputs (``metrics.jsonl``, ``config.json``, ``history.jsonl``, ``samples/``): it never
+    mixes with them nor deletes them. A resumed run falls back from a damaged newest checkpoint to the newest
+    readable one (warning; the damaged file is renamed ``*.damaged``), and compares the full saved
+    configuration with ``cfg``: ``model.*``/``diffusion.*`` must match, other keys outside
+    ``diffusion.runs.RESUME_ALLOWED`` only with ``allow_config_change``.
 
     Args:
         cfg: a ``diffusion.config.Config``.
@@ -282,7 +300,10 @@ class Trainer:
         out_dir: run folder (default ``runs/<cfg.name>``).
         device: ``"cpu"``, ``"cuda"``…; default CUDA when available (under torchrun: ``cuda:<LOCAL_RANK>``).
         resume: ``False`` (fresh run; an existing checkpoint in ``out_dir`` is an error), ``True`` (continue
-            from the newest checkpoint in ``out_dir``; error if none) or ``"auto"`` (continue if one exists).
+            from the newest checkpoint in ``out_dir``; error if none) or ``"auto"`` (continue if one exists,
+            else start from step 0 in the same folder, truncating what an attempt without a checkpoint left).
+        allow_config_change: accept resuming with changed settings outside ``RESUME_ALLOWED`` (not the model
+            or diffusion); the new values are used and recorded in ``history.jsonl``.
         progress: show the tqdm bar (rank 0 only).
         compile: overrides ``cfg.train.compile``: ``False``, ``True``/``"model"`` (compile the model),
             ``"step"`` (compile the loss computation and the update, see ``make_train_step``).
@@ -295,7 +316,8 @@ class Trainer:
 
     def __init__(self, cfg, data=None, out_dir: str | os.PathLike | None = None, device=None,
                  resume: bool | str = False, *, progress: bool = True, sample_num: int = 64,
-                 sample_sampler: str = "ddim", sample_steps: int = 50, compile: bool | str | None = None):
+                 sample_sampler: str = "ddim", sample_steps: int = 50, compile: bool | str | None = None,
+                 allow_config_change: bool = False):
         if resume not in (False, True, "auto"):
             raise ValueError(f"resume must be False, True or 'auto', got {resume!r}")
         if cfg.model.kind != "unet":
@@ -333,7 +355,26 @@ class Trainer:
         if self.compile and not cuda:  # the fast path is a CUDA path; compiling on a CPU costs minutes
             warnings.warn(f"train.compile={self.compile!r} is ignored on {self.device.type}", stacklevel=2)
             self.compile = False
+        self.allow_config_change = bool(allow_config_change)
+        self._lock = RunLock(self.out_dir) if self.is_main else None
+        self._take_lock()
+        try:
+            self._setup(data, resume)
+        except BaseException:
+            self._release_lock()
+            raise
 
+    def _setup(self, data, resume) -> None:
+        cfg, tc, world = self.cfg, self.cfg.train, self.dist.world_size
+        cuda = self.device.type == "cuda"
+        existing = latest_checkpoint(self.ckpt_dir)  # the folder is checked before the data are loaded
+        if resume is True and existing is None:
+            raise CheckpointError(f"--resume: no checkpoint to resume from in {self.ckpt_dir}")
+        if resume is False and existing is not None:
+            raise ValueError(f"out_dir {self.out_dir} already holds checkpoints ({existing.name}); pass "
+                             "resume=True (--resume) to continue that run or choose another out_dir")
+        if resume is False:
+            self._refuse_leftovers()
         # Model initialisation is identical on every rank; the training randomness differs per rank.
         torch.manual_seed(tc.seed)
         np.random.seed(tc.seed)
@@ -359,15 +400,12 @@ class Trainer:
         self.step = 0
         self.elapsed_s = 0.0
         self.last_checkpoint: Path | None = None
+        self._start = {"event": "start", "step": 0, "checkpoint": None, "config_changes": {},
+                       "skipped_checkpoints": []}
 
-        existing = latest_checkpoint(self.ckpt_dir)
-        if resume is True and existing is None:
-            raise CheckpointError(f"--resume: no checkpoint to resume from in {self.ckpt_dir}")
-        if resume is False and existing is not None:
-            raise ValueError(f"out_dir {self.out_dir} already holds checkpoints ({existing.name}); pass "
-                             "resume=True (--resume) to continue that run or choose another out_dir")
         if resume and existing is not None:
-            self._load(existing)
+            self._load()
+        self._truncate_metrics()
 
         net = self.model
         if world > 1:
@@ -380,6 +418,40 @@ class Trainer:
             null_class=self.null_class, grad_accum=tc.grad_accum, bf16=bool(tc.bf16 and cuda), stats=self.stats,
             compile="step" if self.compile == "step" else False)
         self._stop_signal: int | None = None
+
+    # ------------------------------------------------------------------ the run folder
+    def _take_lock(self) -> None:
+        """Lock the run folder (rank 0) and remove what interrupted writers left; warn about a lock taken
+        over from a dead process."""
+        if self._lock is None or self._lock.held:
+            return
+        self._lock.acquire()
+        stale = self._lock.describe_stale()
+        if stale:
+            tqdm.write(f"warning: {stale}", file=sys.stderr)
+        remove_stale_temporaries(self.out_dir)
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+
+    def close(self) -> None:
+        """Release the run folder's lock now (it is released at the end of :meth:`train` anyway)."""
+        self._release_lock()
+
+    def _refuse_leftovers(self) -> None:
+        """A fresh run never mixes with, or deletes, the outputs of an earlier run in its folder."""
+        if not self.is_main:
+            return
+        found = [name for name in ("metrics.jsonl", "config.json", "history.jsonl")
+                 if (self.out_dir / name).is_file() and (self.out_dir / name).stat().st_size > 0]
+        for sub in ("samples", "checkpoints"):
+            if (self.out_dir / sub).is_dir() and any((self.out_dir / sub).iterdir()):
+                found.append(f"{sub}/")
+        if found:
+            raise UserError(f"out_dir {self.out_dir} holds the outputs of an earlier run that has no usable "
+                            f"checkpoint ({', '.join(found)}); a fresh run neither mixes with them nor deletes "
+                            "them. Delete them or choose another out_dir (--out)")
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
@@ -414,22 +486,38 @@ class Trainer:
         distributed.barrier()
         return path
 
-    def _load(self, path: Path) -> None:
-        state = load_checkpoint(path, map_location="cpu")  # RNG and data states must stay on the CPU
-        mine, theirs = config_to_dict(self.cfg), state["config"]
-        for section in ("model", "diffusion"):
-            if mine[section] != theirs.get(section):
-                diff = sorted(k for k in set(mine[section]) | set(theirs.get(section, {}))
-                              if mine[section].get(k) != theirs.get(section, {}).get(k))
-                raise CheckpointError(f"{path} was trained with another {section} configuration (differs in "
-                                      f"{', '.join(f'{section}.{k}' for k in diff)}); it cannot be resumed with "
-                                      "this config")
+    def _load(self) -> None:
+        """Resume from the newest readable checkpoint of ``ckpt_dir`` (RNG and data states stay on the CPU)."""
+        required = ("step", "model", "ema", "optimizer", "train_state", "rank_states", "world_size", "config")
+        state, path, skipped = load_newest_readable(self.ckpt_dir, map_location="cpu", required=required)
+        if self.is_main:
+            for bad, _ in skipped:  # out of the way of keep_last, kept for inspection
+                os.replace(bad, bad.with_name(bad.name + ".damaged"))
         try:
+            saved = config_to_dict(config_from_checkpoint(state["config"]))
+        except (ValueError, TypeError) as err:
+            raise CheckpointError(f"{path} holds a configuration this code cannot read: {err}") from None
+        changes = resume_config_changes(saved, config_to_dict(self.cfg), self.allow_config_change,
+                                        source=str(path), fixed_error=CheckpointError)
+        try:
+            check_weights_fit(self.model, state["model"], path, "model weights")
+            check_weights_fit(self.ema.module, state["ema"].get("module"), path, "EMA weights")
             self.model.load_state_dict(state["model"])
             self.ema.load_state_dict(state["ema"])
             self.optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, KeyError, ValueError) as err:
-            raise CheckpointError(f"{path} does not fit this model: {str(err).splitlines()[0]}") from None
+        except (RuntimeError, KeyError, ValueError, AttributeError) as err:
+            if isinstance(err, CheckpointError):
+                raise
+            raise CheckpointError(f"{path} does not fit this model: {' '.join(str(err).split())}") from None
+        tc = self.cfg.train  # accepted changes take effect: the run uses what config.json will say
+        if "train.ema_decay" in changes or "train.ema_warmup" in changes:
+            self.ema.decay, self.ema.warmup = float(tc.ema_decay), bool(tc.ema_warmup)
+        if any(k.startswith("train.adam_betas") for k in changes):
+            for group in self.optimizer.param_groups:
+                group["betas"] = tuple(tc.adam_betas)
+        self._start = {"event": "resume", "step": int(state["step"]), "checkpoint": str(path),
+                       "config_changes": {k: list(v) for k, v in changes.items()},
+                       "skipped_checkpoints": [str(p) for p, _ in skipped]}
         # Optimizer moments take their parameter's memory layout (channels_last) for the fused kernels.
         for group in self.optimizer.param_groups:
             for p in group["params"]:
@@ -453,10 +541,10 @@ class Trainer:
                            f"{self.dist.world_size}; model and optimizer restored, data order reseeded",
                            file=sys.stderr)
         self.last_checkpoint = path
-        self._truncate_metrics()
 
     def _truncate_metrics(self) -> None:
-        """Drop metric lines beyond the resumed step (written after the checkpoint by the interrupted run)."""
+        """Drop metric lines beyond the step this start begins from (written after the checkpoint by an
+        interrupted run; all of them for a start from step 0)."""
         if not self.is_main or not self.metrics_path.exists():
             return
         kept = []
@@ -466,9 +554,7 @@ class Trainer:
                     kept.append(line)
             except (json.JSONDecodeError, KeyError, TypeError):
                 continue  # a line cut short by the interruption
-        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.metrics_path)
+        write_text_atomic(self.metrics_path, "".join(line + "\n" for line in kept))
 
     # ------------------------------------------------------------------ faults
     def _check_finite(self, first_bad: torch.Tensor | int | None) -> None:
@@ -552,10 +638,21 @@ class Trainer:
         total = int(tc.total_steps if total_steps is None else total_steps)
         if total < 1:
             raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
+        self._take_lock()  # held already after construction; taken again by a later call
+        try:
+            return self._train(total)
+        finally:
+            self._release_lock()
+
+    def _train(self, total: int) -> dict:
+        tc = self.cfg.train
         sample_at = {int(s) for s in tc.sample_every}
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "config.json").write_text(json.dumps(config_to_dict(self.cfg), indent=2) + "\n")
+            write_text_atomic(self.out_dir / "config.json", json.dumps(config_to_dict(self.cfg), indent=2) + "\n")
+            append_history(self.out_dir, {**self._start, "step": self.step, "total_steps": total})
+            self._start = {"event": "continue", "checkpoint": None, "config_changes": {},
+                           "skipped_checkpoints": []}  # a later train() call continues in memory
         samples, last = [], {"loss": None, "ema_loss": None}
         start_step, wall0 = self.step, time.perf_counter()
         mark_time, mark_step, paused = wall0, self.step, 0.0

@@ -23,6 +23,13 @@ With ``in_channels=3, ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resol
 image_size=32`` and no class embedding the network has exactly 35,746,307 parameters, the size of the
 original DDPM CIFAR-10 model. That count requires attention after *every* residual block of the 16×16
 level (2 in the encoder, 3 in the decoder), as in DDPM; one attention block per level would give fewer.
+
+Two details that change no parameter count follow DDPM's original TensorFlow code by default and can be
+switched to the variant of later code bases (improved DDPM): the time-embedding frequencies
+(``time_embed_freq_shift``: 1 → 10000^(−i/(half−1)), DDPM; 0 → 10000^(−i/half)) and the padding of the
+stride-2 down-sampling convolution (``downsample_padding``: ``"tf_same"`` → one zero row/column at the
+bottom/right, DDPM; ``"symmetric"`` → one on every side). With the defaults, the weights of DDPM's published
+checkpoints (converted by :mod:`diffusion.convert`) reproduce DDPM's network exactly.
 """
 
 from __future__ import annotations
@@ -38,29 +45,39 @@ __all__ = ["UNet", "timestep_embedding"]
 
 GROUPNORM_GROUPS = 32
 GROUPNORM_EPS = 1e-6
+TIME_EMBED_FREQ_SHIFTS = (0, 1)
+DOWNSAMPLE_PADDINGS = ("tf_same", "symmetric")
 
 
-def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+def timestep_embedding(t: torch.Tensor, dim: int, freq_shift: int = 0) -> torch.Tensor:
     """Sinusoidal timestep embedding e_raw of eq. (16).
 
-    ``e_raw[2i] = sin(t / 10000^(2i/dim))`` and ``e_raw[2i+1] = cos(t / 10000^(2i/dim))`` for
-    ``i = 0 … dim/2 - 1`` (sine and cosine interleaved, exactly as eq. 16 writes them).
+    ``e_raw[2i] = sin(t · ω_i)`` and ``e_raw[2i+1] = cos(t · ω_i)`` for ``i = 0 … half-1``, ``half = dim/2``,
+    with frequencies ``ω_i = 10000^(−i/(half − freq_shift))`` (sine and cosine interleaved as eq. 16
+    writes them). ``freq_shift=0`` is eq. (16) literally, ω_i = 1/10000^(2i/dim), the lowest frequency being
+    10000^(−(half−1)/half); ``freq_shift=1`` is DDPM's original code (diffusers' ``freq_shift=1``), whose
+    frequencies run exactly from 1 down to 1/10000.
 
     Args:
         t: timesteps, shape (B,), integer indices 0 … T-1 or float (respaced models pass the original
             schedule's indices, which may be fractional after rescaling).
-        dim: embedding width, a positive even integer.
+        dim: embedding width, a positive even integer (at least 4 when ``freq_shift=1``).
+        freq_shift: 0 or 1, see above.
 
     Returns:
         float32 tensor of shape (B, dim) on ``t``'s device.
     """
     if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0 or dim % 2:
         raise ValueError(f"dim must be a positive even integer, got {dim!r}")
+    if freq_shift not in TIME_EMBED_FREQ_SHIFTS or isinstance(freq_shift, bool):
+        raise ValueError(f"freq_shift must be 0 or 1, got {freq_shift!r}")
+    half = dim // 2
+    if half - freq_shift < 1:
+        raise ValueError(f"dim must be at least {2 * (freq_shift + 1)} with freq_shift={freq_shift}, got {dim}")
     if t.dim() != 1:
         raise ValueError(f"t must be a 1-D tensor of timesteps (B,), got shape {tuple(t.shape)}")
-    half = dim // 2
-    two_i = torch.arange(half, device=t.device, dtype=torch.float32) * 2.0
-    freqs = torch.exp(-math.log(10000.0) * two_i / dim)  # 1 / 10000^(2i/dim)
+    i = torch.arange(half, device=t.device, dtype=torch.float32)
+    freqs = torch.exp(-math.log(10000.0) * i / (half - freq_shift))  # ω_i = 10000^(−i/(half − shift))
     angles = t.to(torch.float32)[:, None] * freqs[None, :]
     return torch.stack((torch.sin(angles), torch.cos(angles)), dim=-1).reshape(t.shape[0], dim)
 
@@ -117,13 +134,24 @@ class AttnBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Stride-2 3×3 convolution halving the resolution (section 3.1.2)."""
+    """Stride-2 3×3 convolution halving the resolution (section 3.1.2).
 
-    def __init__(self, channels: int):
+    ``padding="tf_same"``: TensorFlow's ``'SAME'`` padding of DDPM's original code, which for an even input,
+    kernel 3 and stride 2 adds one zero row and column at the bottom and right only (output pixel j sees
+    input pixels 2j … 2j+2); ``padding="symmetric"``: one zero row/column on every side (pixels 2j−1 … 2j+1).
+    Both give H/2 × W/2 and have the same parameters.
+    """
+
+    def __init__(self, channels: int, padding: str = "tf_same"):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        if padding not in DOWNSAMPLE_PADDINGS:
+            raise ValueError(f"padding must be one of {', '.join(DOWNSAMPLE_PADDINGS)}, got {padding!r}")
+        self.padding = padding
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1 if padding == "symmetric" else 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.padding == "tf_same":
+            x = F.pad(x, (0, 1, 0, 1))  # (left, right, top, bottom)
         return self.conv(x)
 
 
@@ -174,6 +202,11 @@ class UNet(nn.Module):
             ``None`` for an unconditional model.
         num_heads: attention heads (must divide every attended channel count).
         out_channels: output channels, default ``in_channels`` (ε has the image's shape).
+        time_embed_freq_shift: 1 (default): the frequencies 10000^(−i/(half−1)) of DDPM's original code;
+            0: 10000^(−i/half), eq. (16) as written (see :func:`timestep_embedding`).
+        downsample_padding: ``"tf_same"`` (default): DDPM's TensorFlow 'SAME' padding of the stride-2
+            convolution (one row/column at the bottom/right); ``"symmetric"``: one on every side
+            (see :class:`Downsample`).
 
     ``forward(x, t, y=None)``: ``x`` float (B, in_channels, image_size, image_size); ``t`` timestep indices
     (B,) in [0, T) (float allowed); ``y`` LongTensor (B,) in [0, K], ``None`` meaning ∅ for a conditional
@@ -192,6 +225,8 @@ class UNet(nn.Module):
         num_classes: int | None = None,
         num_heads: int = 1,
         out_channels: int | None = None,
+        time_embed_freq_shift: int = 1,
+        downsample_padding: str = "tf_same",
     ):
         super().__init__()
         _check_positive_int("in_channels", in_channels)
@@ -216,6 +251,11 @@ class UNet(nn.Module):
         if num_classes is not None:
             _check_positive_int("num_classes", num_classes)
         _check_positive_int("num_heads", num_heads)
+        if isinstance(time_embed_freq_shift, bool) or time_embed_freq_shift not in TIME_EMBED_FREQ_SHIFTS:
+            raise ValueError(f"time_embed_freq_shift must be 0 or 1, got {time_embed_freq_shift!r}")
+        if downsample_padding not in DOWNSAMPLE_PADDINGS:
+            raise ValueError(f"downsample_padding must be one of {', '.join(DOWNSAMPLE_PADDINGS)}, "
+                             f"got {downsample_padding!r}")
         out_channels = in_channels if out_channels is None else out_channels
         _check_positive_int("out_channels", out_channels)
         resolutions = [image_size // 2**i for i in range(len(ch_mult))]
@@ -241,6 +281,8 @@ class UNet(nn.Module):
         self.image_size = image_size
         self.num_classes = num_classes
         self.num_heads = num_heads
+        self.time_embed_freq_shift = time_embed_freq_shift
+        self.downsample_padding = downsample_padding
         emb_dim = 4 * ch
 
         # eq. (16) → MLP_t; eq. (17) adds MLP_y(v_y).
@@ -264,7 +306,7 @@ class UNet(nn.Module):
             level_module = nn.Module()
             level_module.blocks = blocks
             if level != len(ch_mult) - 1:
-                level_module.downsample = Downsample(cur)
+                level_module.downsample = Downsample(cur, downsample_padding)
                 skip_channels.append(cur)
             self.down.append(level_module)
 
@@ -329,7 +371,7 @@ class UNet(nn.Module):
         """e_ctx = MLP_t(e_raw(t)) (+ MLP_y(v_y) for a conditional model), eqs. (16)-(17); shape (B, 4·ch).
 
         For a conditional model ``y=None`` selects the null token ∅ (index ``num_classes``)."""
-        emb = self.time_mlp(timestep_embedding(t, self.ch))
+        emb = self.time_mlp(timestep_embedding(t, self.ch, self.time_embed_freq_shift))
         if self.num_classes is not None:
             if y is None:
                 y = torch.full((t.shape[0],), self.num_classes, dtype=torch.long, device=t.device)

@@ -5,44 +5,56 @@
 #       extension: .py
 #       format_name: percent
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: DDPM thesis (.venv)
 #     language: python
-#     name: python3
+#     name: ddpm-thesis
 # ---
 
 # %% [markdown]
 # # 06 · Ablations (section 4.4) and likelihood
 #
-# 1. **Sampling steps** (§4.4.1, table 5): ancestral sampling over respaced schedules and DDIM (η = 0) with
-#    1000/250/100/50/… steps — quality (classifier FD, conditional accuracy) against time per image.
-# 2. **Width and depth** (§4.4.2): variants of the conditional network trained with the same steps and batch.
-# 3. **Memorisation** (figure 2a): unconditional samples beside their nearest training images (L2, pixels).
+# **Produces:** `tab:sampling-steps` (不同采样步数下的质量与速度), `fig:sampling-steps` (不同采样步数下的样本), `fig:eps-error`
+# (逐时间步的噪声预测误差), `tab:width-depth` (网络宽度与深度的消融), `fig:nearest-neighbours` (生成样本与训练集最近邻), `tab:bpd` (逐维比特数),
+# `tab:metrics-summary` (评价指标汇总).
+# **Runs:** about 9 min with profile quick on AMD EPYC (2 cores); on a GPU: not measured.
+# **Cache:** reuses 04_training's trained U-Nets (trained here if 04 has not run yet), the proxy classifier,
+# generated samples, intermediate results from `cache/` when the inputs are unchanged (computed and stored
+# otherwise).
+#
+# 1. **Sampling steps** (§4.4.1, `tab:sampling-steps`): ancestral sampling over respaced schedules and DDIM (η = 0) with
+#    1000/250/100/50/… steps — quality (classifier FD, KID, conditional accuracy; the same n in every row, each
+#    with a 95 % bootstrap interval) against time per image.
+# 2. **Width and depth** (§4.4.2): variants of the conditional network trained with the same steps and batch,
+#    described from their configs, with 95 % intervals of each variant's difference from the base.
+# 3. **Memorisation** (`fig:nearest-neighbours`): unconditional samples beside their nearest training images (L2, pixels).
 # 4. **Bits/dim** (§2.4.2): the full bound of eq. (7) on held-out images for σ_t² = β_t (fixed-large) and
-#    σ_t² = β̃_t (fixed-small), with its L_T and L_0 parts.
+#    σ_t² = β̃_t (fixed-small), with its L_T and L_0 parts; fixed-large with L_0's σ_1² = β̃_2 (DDPM's code)
+#    and σ_1² = β_1 (the paper's text).
 # 5. **FID / IS** where the official Inception weights exist, beside the proxy numbers.
 
 # %% tags=["parameters"]
-profile = "quick"
-out_dir = None
-cache_dir = None
-seed = 0
-threads = 0
-cond = None
-uncond = None
+profile = "quick"  # configs/profiles/<profile>.yaml (`make figures` passes its values; these defaults are quick's)
+out_dir = None  # artefacts folder (None: build/interactive/<profile>; `make figures` passes a staging folder)
+cache_dir = None  # cache of expensive results (None: $DDPM_CACHE_DIR, else <repo>/cache)
+seed = 0  # seed of every random draw
+threads = 0  # torch CPU threads (0: torch's default, all cores)
+cond = None  # spec of the conditional model (None: `common.cond` of the profile)
+uncond = None  # spec of the unconditional model (None: `common.uncond` of the profile)
+# variants: width/depth variants: `--set` overrides of `cond` (section 4.4.2)
 variants = {"base": {"model.ch_mult": [1, 2, 2], "model.num_res_blocks": 2},
             "narrow": {"model.ch_mult": [1, 1, 1], "model.num_res_blocks": 2},
             "shallow": {"model.ch_mult": [1, 2, 2], "model.num_res_blocks": 1}}
-classifier_steps = 600
-step_counts = [1000, 250, 100, 50, 20, 10]
-quality_max_steps = 100
-samples_per_setting = 64
-eps_error_images = 512
-full_ancestral_samples = 16
-variant_steps = 100
-variant_batch = 32
-variant_samples = 64
-bpd_images = 4
-nn_samples = 8
+classifier_steps = 600  # optimiser steps of the proxy classifier
+step_counts = [1000, 250, 100, 50, 20, 10]  # sampling step counts compared (capped at T)
+quality_max_steps = 100  # DDIM and DPM-Solver++ run only at step counts up to this (ancestral at all)
+samples_per_setting = 40  # images per sampler and step count: the same n in every row of the table
+eps_error_images = 512  # held-out images for the ε-prediction error by timestep
+bootstrap_resamples = 1000  # resamples of the 95 % bootstrap intervals (diffusion.metrics.bootstrap)
+variant_steps = 300  # training steps of each variant
+variant_batch = 32  # batch size of each variant
+variant_samples = 64  # samples per variant for the classifier FD
+bpd_images = 4  # held-out images for bits/dim (the full bound: T network calls each)
+nn_samples = 8  # samples shown beside their nearest neighbours
 
 # %%
 import os
@@ -53,7 +65,10 @@ import torch
 
 from diffusion import experiments, report
 from diffusion.gaussian_diffusion import GaussianDiffusion
-from diffusion.metrics.classifier import classifier_fd, conditional_accuracy
+from diffusion.metrics.bootstrap import (FrechetToReference, bootstrap_ci, bootstrap_difference_ci, format_ci,
+                                         proxy_metrics_ci)
+from diffusion.metrics.classifier import classifier_features, classifier_predict
+from diffusion.metrics.kid import KidToReference
 
 torch.manual_seed(seed)
 if threads:
@@ -61,61 +76,113 @@ if threads:
 cond, uncond = experiments.model_spec(profile, "cond", cond), experiments.model_spec(profile, "uncond", uncond)
 art = report.Artefacts(profile, "06_ablations", out_dir, cache_root=cache_dir, seed=seed, config=cond)
 tm = experiments.trained_model(art, cond, "cond")
-art.dataset = tm.data.label
+art.dataset = report.dataset_label_zh(tm.data.label)
 T, K = tm.diffusion.num_timesteps, tm.null_class
 clf, test = experiments.proxy_classifier(cond, classifier_steps)
 print(f"{tm.data.label}: T = {T}; proxy classifier held-out accuracy {100 * clf.accuracy:.1f}%")
+ref_feats = classifier_features(clf, test.images)  # held-out reference of classifier FD and KID (held fixed)
+cfd_of, kid_of = FrechetToReference.from_features(ref_feats), KidToReference(ref_feats)
+
+
+def scored(images, labels=None) -> dict:
+    """Classifier FD, KID and (given labels) conditional accuracy of a set of samples, with 95 % bootstrap
+    intervals at its own n, plus the features for comparisons between sets."""
+    feats = classifier_features(clf, torch.from_numpy(images))
+    correct = None if labels is None else (classifier_predict(clf, torch.from_numpy(images)).numpy() == labels)
+    return {"feats": feats, **proxy_metrics_ci(feats, ref_feats, correct, num_resamples=bootstrap_resamples,
+                                               seed=seed)}
+
+
+def difference(a: dict, b: dict, metric: str = "cfd") -> dict:
+    """95 % bootstrap interval of metric(a) − metric(b) for two independent sets of samples."""
+    kw = dict(num_resamples=bootstrap_resamples, seed=seed)
+    if metric == "cfd":
+        return bootstrap_difference_ci(a["feats"], b["feats"], cfd_of, **kw)
+    return bootstrap_difference_ci(np.arange(len(a["feats"])), np.arange(len(b["feats"])), kid_of.on_indices(a["feats"]),
+                                   statistic_b=kid_of.on_indices(b["feats"]), **kw)
+
+
+def verdict(diff: dict) -> str:
+    """How the thesis words a difference (after "the difference is d [low, high]"): whether its 95 %
+    interval excludes zero."""
+    return ("区间不含 0，差异超出了抽样误差" if diff["excludes_zero"]
+            else "区间含 0，差异未超出抽样误差，不能据此区分二者")
 
 # %% [markdown]
-# ## 1. Sampling steps (table 5)
+# ## 1. Sampling steps (`tab:sampling-steps`, `fig:sampling-steps`)
 # Conditional samples (plain conditional model, no guidance) with labels cycling through the classes.
-# Settings with more than `quality_max_steps` steps draw only `full_ancestral_samples` images (their
-# quality numbers are then rough, and marked with their sample count); the time per image is the wall time
-# of generating the set divided by its size, on this profile's device.
+# Every row has the same number of samples n (`samples_per_setting`): the classifier FD is biased upwards
+# at small n, so only rows with the same n can be compared. Each proxy number carries a 95 % percentile
+# bootstrap interval over the samples (`diffusion.metrics.bootstrap`); KID (`diffusion.metrics.kid`) is
+# unbiased in n. DDIM and DPM-Solver++ run only up to `quality_max_steps` steps (their 1000-step cost
+# would buy little: both follow the same deterministic trajectory ever more exactly). The time per image is
+# the wall time of generating the set divided by its size, on this profile's device.
 
 # %%
 steps_list = sorted({min(int(s), T) for s in step_counts}, reverse=True)
 res = {}
-SAMPLER_TITLES = {"ancestral": "ancestral (respaced)", "ddim": "DDIM, η = 0", "dpmpp2m": "DPM-Solver++(2M)"}
+SAMPLER_TITLES = {"ancestral": "祖先采样（跳步）", "ddim": "DDIM（η = 0）", "dpmpp2m": "DPM-Solver++(2M)"}
+n_steps = int(samples_per_setting)
+y_steps = np.arange(n_steps) % K
 for smp in SAMPLER_TITLES:
     for S in steps_list:
-        n = samples_per_setting if S <= quality_max_steps else full_ancestral_samples
-        y = np.arange(n) % K
-        out = experiments.generate(art, tm, n, sampler=smp, steps=S, y=y, seed=seed, tag="steps")
-        x = torch.from_numpy(out["images"])
-        res[smp, S] = dict(n=n, images=out["images"], spi=out["seconds_per_image"],
-                           cfd=classifier_fd(clf, x, test.images)["cfd"],
-                           acc=100 * conditional_accuracy(clf, x, y)["accuracy"])
+        if smp != "ancestral" and S > quality_max_steps:
+            continue
+        out = experiments.generate(art, tm, n_steps, sampler=smp, steps=S, y=y_steps, seed=seed, tag="steps")
+        res[smp, S] = dict(images=out["images"], spi=out["seconds_per_image"], **scored(out["images"], y_steps))
         r = res[smp, S]
-        print(f"{smp:9s} {S:5d} steps, n = {n:4d}: classifier FD {r['cfd']:8.2f}, accuracy {r['acc']:5.1f}%, "
-              f"{r['spi']:.3f} s/image")
-rows = [[smp, str(S), str(r["n"]), f"{r['cfd']:.2f}", f"{r['acc']:.1f}", f"{r['spi']:.3f}"]
-        for (smp, S), r in res.items()]
+        print(f"{smp:9s} {S:5d} steps, n = {n_steps}: classifier FD {format_ci(r['cfd'])}, KID {format_ci(r['kid'])}, "
+              f"accuracy {format_ci(r['acc'])}%, {r['spi']:.3f} s/image")
+rows = [[SAMPLER_TITLES[smp], str(S), str(r["n"]), format_ci(r["cfd"]), format_ci(r["kid"]), format_ci(r["acc"]),
+         f"{r['spi']:.3f}"] for (smp, S), r in res.items()]
 art.save_table("sampling_steps", report.booktabs_tabular(
-    ["sampler", "steps", "samples", "classifier FD", "accuracy (%)", "time (s/image)"], rows, align="lrrrrr"))
-art.number("StepsTimeFull", res["ancestral", steps_list[0]]["spi"], "{:.3f}")
-art.number("StepsCfdFull", res["ancestral", steps_list[0]]["cfd"], "{:.2f}")
+    ["采样器 (sampler)", "步数", "样本数 n", "分类器 FD [95% 置信区间]", "KID [95% 置信区间]",
+     "条件准确率 (%) [95% 置信区间]", "单张耗时 (s)"], rows, align="lrrrrrr"),
+    config={"n": n_steps, "bootstrap_resamples": bootstrap_resamples, "quality_max_steps": quality_max_steps})
+full = res["ancestral", steps_list[0]]
+art.number("ConfidenceLevel", 100 * full["cfd"]["level"], "{:g}")  # of every interval in this notebook
+art.number("StepsSamples", n_steps, "{:d}")
+art.number("StepsFullSteps", steps_list[0], "{:d}")
+art.number("StepsTimeFull", full["spi"], "{:.3f}")
+art.number("StepsCfdFull", format_ci(full["cfd"], part="estimate"))
+art.number("StepsCfdFullInterval", format_ci(full["cfd"], part="interval"))
 if ("ddim", 50) in res:
     art.number("StepsTimeFifty", res["ddim", 50]["spi"], "{:.3f}")
-    art.number("StepsCfdFifty", res["ddim", 50]["cfd"], "{:.2f}")
-    art.number("StepsCfdFiftyAncestral", res["ancestral", 50]["cfd"], "{:.2f}")
+    art.number("StepsCallRatio", steps_list[0] / 50, "{:g}")  # network calls: full ancestral / DDIM-50
+    for name, r in (("StepsCfdFifty", res["ddim", 50]), ("StepsCfdFiftyAncestral", res["ancestral", 50])):
+        art.number(name, format_ci(r["cfd"], part="estimate"))
+        art.number(name + "Interval", format_ci(r["cfd"], part="interval"))
+    for name, a, b in (("StepsDdimVsFull", res["ddim", 50], full),
+                       ("StepsDdimVsAncestral", res["ddim", 50], res["ancestral", 50]),
+                       ("StepsAncestralFiftyVsFull", res["ancestral", 50], full)):
+        d = difference(a, b)
+        art.number(name + "Diff", format_ci(d))
+        art.number(name + "Verdict", verdict(d))
 else:
-    for name in ("StepsTimeFifty", "StepsCfdFifty", "StepsCfdFiftyAncestral"):
+    for name in ("StepsTimeFifty", "StepsCallRatio", "StepsCfdFifty", "StepsCfdFiftyAncestral", "StepsCfdFiftyInterval",
+                 "StepsCfdFiftyAncestralInterval", "StepsDdimVsFullDiff", "StepsDdimVsFullVerdict", "StepsDdimVsAncestralDiff",
+                 "StepsDdimVsAncestralVerdict", "StepsAncestralFiftyVsFullDiff", "StepsAncestralFiftyVsFullVerdict"):
         art.number(name, "n/a (50 steps not in this profile)")
 
-ncol = min(8, full_ancestral_samples, samples_per_setting)
-fig, axes = plt.subplots(1, len(SAMPLER_TITLES), figsize=(len(SAMPLER_TITLES) * 0.5 * ncol + 1.5,
-                                                         0.5 * len(steps_list) + 0.6))
+ncol = min(6, n_steps)
+cell = min(0.3, (report.FULL_WIDTH_IN - 0.7) / (len(SAMPLER_TITLES) * ncol))  # inches per image; 0.7 in for labels
+fig, axes = plt.subplots(1, len(SAMPLER_TITLES), figsize=(report.FULL_WIDTH_IN, cell * len(steps_list) + 0.45))
+not_run = np.full_like(full["images"][:ncol], 128)  # grey: this sampler was not run at this step count
 for ax, (smp, title) in zip(axes, SAMPLER_TITLES.items()):
-    report.show_images(ax, np.concatenate([res[smp, S]["images"][:ncol] for S in steps_list]), nrow=ncol,
-                       row_labels=[f"{S} steps" for S in steps_list] if smp == "ancestral" else None,
+    report.show_images(ax, np.concatenate([res[smp, S]["images"][:ncol] if (smp, S) in res else not_run
+                                           for S in steps_list]), nrow=ncol,
+                       row_labels=[f"{S} 步" for S in steps_list] if smp == "ancestral" else None,
                        title=title)
 art.save_figure(fig, "sampling_steps")
 
 fig, ax = plt.subplots(figsize=(4, 2.8))
 for smp in SAMPLER_TITLES:
-    ax.plot([res[smp, S]["spi"] for S in steps_list], [res[smp, S]["cfd"] for S in steps_list], "o-", label=smp)
-ax.set_xscale("log"), ax.set_xlabel("time per image (s)"), ax.set_ylabel("classifier FD")
+    done = [S for S in steps_list if (smp, S) in res]
+    ax.errorbar([res[smp, S]["spi"] for S in done], [res[smp, S]["cfd"]["estimate"] for S in done],
+                yerr=np.clip([[res[smp, S]["cfd"]["estimate"] - res[smp, S]["cfd"]["low"] for S in done],
+                              [res[smp, S]["cfd"]["high"] - res[smp, S]["cfd"]["estimate"] for S in done]], 0, None),
+                fmt="o-", capsize=2, label=SAMPLER_TITLES[smp])
+ax.set_xscale("log"), ax.set_xlabel("单张耗时（秒）"), ax.set_ylabel("分类器 FD")
 ax.legend()
 plt.show()
 
@@ -136,14 +203,14 @@ x_held = test.images[:eps_error_images].to(dev_m).float() / 127.5 - 1
 y_held = test.labels[:eps_error_images].to(dev_m)
 eps_err = eps_error_by_timestep(tm.diffusion, tm.model, x_held, eps_ts, model_kwargs={"y": y_held},
                                 generator=torch.Generator(device=dev_m).manual_seed(seed))
-fig, axes = plt.subplots(1, 2, figsize=(8, 2.9))
-axes[0].loglog(eps_err["t"] + 1, eps_err["mse"], "o-", label="network ε_θ (EMA)")
-axes[0].loglog(eps_err["t"] + 1, eps_err["identity_mse"], "s--", label="trivial ε̂ = x_t")
-axes[0].set_xlabel("t + 1"), axes[0].set_ylabel("mean squared ε-error"), axes[0].legend()
-axes[1].loglog(eps_err["t"] + 1, eps_err["x0_mse"] ** 0.5, "o-", color="C2")
-axes[1].set_xlabel("t + 1"), axes[1].set_ylabel("implied RMS error of x̂_0")
-fig.suptitle(f"ε-prediction error by timestep ({tm.data.label}, {eps_error_images} held-out images)")
-fig.tight_layout()
+fig, axes = plt.subplots(1, 2, figsize=(report.FULL_WIDTH_IN, 2.5))
+axes[0].plot(eps_err["t"] + 1, eps_err["mse"], "o-", label=r"网络 $\epsilon_\theta$（EMA 参数）")
+axes[0].plot(eps_err["t"] + 1, eps_err["identity_mse"], "s--", label=r"平凡预测 $\hat{\epsilon}=x_t$")
+axes[0].set_xlabel("时间步 $t$"), axes[0].set_ylabel("噪声预测均方误差"), axes[0].legend()
+axes[1].plot(eps_err["t"] + 1, eps_err["x0_mse"] ** 0.5, "o-", color="C2")
+for ax in axes:
+    report.log_axis(ax, "both")
+axes[1].set_xlabel("时间步 $t$"), axes[1].set_ylabel(r"$\hat{x}_0$ 的均方根误差")
 art.save_figure(fig, "eps_error")
 top = -1  # t = T − 1
 print(f"t = {T - 1}: network {eps_err['mse'][top]:.2e}, trivial {eps_err['identity_mse'][top]:.2e}, "
@@ -156,33 +223,71 @@ art.number("EpsErrorImages", eps_error_images, "{:d}")
 # %% [markdown]
 # ## 2. Network width and depth (§4.4.2)
 # Each variant overrides the conditional model's config and is trained for the same number of steps with
-# the same batch, then sampled (ancestral, respaced to the profile's quality step count) and scored.
+# the same batch, then sampled (ancestral, respaced to the profile's quality step count) and scored with
+# 95 % bootstrap intervals at the same n. The description of each variant (C, channel multipliers, residual
+# blocks, parameters, what differs from `base`) is read from its config, and each variant's difference
+# from `base` gets its own 95 % interval (the two sets of samples resampled independently).
 
 # %%
 q_steps = min(50, T, quality_max_steps)
-vrows, vres = [], {}
+VARIANT_TITLES = {"base": "基准 (base)", "narrow": "窄版 (narrow)", "shallow": "浅版 (shallow)"}
+MODEL_FIELDS = {"ch": "C", "ch_mult": "通道倍率", "num_res_blocks": "残差块数", "attn_resolutions": "注意力分辨率"}
+
+
+def model_text(value) -> str:
+    return "(" + ",".join(map(str, value)) + ")" if isinstance(value, (list, tuple)) else str(value)
+
+
+vres = {}
+y_var = np.arange(variant_samples) % K
 for name, overrides in variants.items():
     spec_v = experiments.with_overrides(cond, {**overrides, "train.total_steps": int(variant_steps),
                                                "train.batch_size": int(variant_batch), "train.sample_every": [],
                                                "train.warmup_steps": min(200, int(variant_steps) // 4 + 1),
                                                "train.ckpt_every": int(variant_steps)})
     vm = experiments.trained_model(art, spec_v, "cond", producer="06_ablations", kind=f"variant-{name}")
-    y = np.arange(variant_samples) % K
-    out = experiments.generate(art, vm, variant_samples, sampler="ancestral", steps=q_steps, y=y, seed=seed, tag="variants")
-    cfd = classifier_fd(clf, torch.from_numpy(out["images"]), test.images)["cfd"]
-    m = vm.cfg.model
-    vres[name] = dict(cfd=cfd, loss=vm.summary["ema_loss"], params=vm.summary["params"])
-    vrows.append([name, str(m.ch), "(" + ",".join(map(str, m.ch_mult)) + ")", str(m.num_res_blocks),
-                  f"{vm.summary['params'] / 1e6:.2f}", f"{vm.summary['ema_loss']:.4f}", f"{cfd:.2f}"])
-    print(f"{name:8s}: {vm.summary['params']:,} params, loss {vm.summary['ema_loss']:.4f}, classifier FD {cfd:.2f}")
+    out = experiments.generate(art, vm, variant_samples, sampler="ancestral", steps=q_steps, y=y_var, seed=seed, tag="variants")
+    vres[name] = dict(model=vm.cfg.model, loss=vm.summary["ema_loss"], params=vm.summary["params"],
+                      **scored(out["images"], y_var))
+    print(f"{name:8s}: {vm.summary['params']:,} params, loss {vm.summary['ema_loss']:.4f}, "
+          f"classifier FD {format_ci(vres[name]['cfd'])}, KID {format_ci(vres[name]['kid'])}")
+base_name = "base" if "base" in vres else next(iter(vres))
+base = vres[base_name]
+for name, v in vres.items():
+    changed = [f"{label} {model_text(getattr(base['model'], f))}→{model_text(getattr(v['model'], f))}"
+               for f, label in MODEL_FIELDS.items() if getattr(v["model"], f) != getattr(base["model"], f)]
+    v["change"] = "，".join(changed) if changed else ("—" if name == base_name else "无结构差异")
+    v["param_pct"] = 100 * v["params"] / base["params"]
+vrows = [[VARIANT_TITLES.get(name, name), str(v["model"].ch), model_text(v["model"].ch_mult),
+          str(v["model"].num_res_blocks), v["change"], f"{v['params'] / 1e6:.2f}", f"{v['param_pct']:.0f}",
+          f"{v['loss']:.4f}", str(v["n"]), format_ci(v["cfd"]), format_ci(v["kid"])] for name, v in vres.items()]
 art.save_table("width_depth", report.booktabs_tabular(
-    ["variant", "C", "ch. mult.", "res. blocks", "params (M)", "final loss", "classifier FD"], vrows,
-    align="lrlrrrr"), config={"variants": variants, "steps": variant_steps, "batch": variant_batch})
-for key, name in (("base", "WidthCfdBase"), ("narrow", "WidthCfdNarrow"), ("shallow", "DepthCfdShallow")):
-    art.number(name, vres[key]["cfd"], "{:.2f}") if key in vres else art.number(name, "n/a")
+    ["变体 (variant)", "C", "通道倍率 (ch_mult)", "残差块数", "与基准的差异", "参数量 (M)", "参数量 / 基准 (%)",
+     "最终损失", "样本数 n", "分类器 FD [95% 置信区间]", "KID [95% 置信区间]"], vrows, align="lrlrlrrrrrr"),
+    config={"variants": variants, "steps": variant_steps, "batch": variant_batch, "n": variant_samples})
+art.number("VariantSteps", int(variant_steps), "{:d}")
+art.number("VariantBatch", int(variant_batch), "{:d}")
+art.number("VariantSamples", int(variant_samples), "{:d}")
+art.number("WidthCfdBase", format_ci(base["cfd"], part="estimate"))
+art.number("WidthCfdBaseInterval", format_ci(base["cfd"], part="interval"))
+for key, prefix in (("narrow", "WidthNarrow"), ("shallow", "DepthShallow")):
+    if key not in vres or key == base_name:
+        for suffix in ("Change", "ParamPct", "CfdInterval", "CfdDiff", "KidDiff", "CfdVerdict", "KidVerdict"):
+            art.number(prefix + suffix, "n/a")
+        continue
+    v = vres[key]
+    art.number(prefix + "Change", v["change"])
+    art.number(prefix + "ParamPct", v["param_pct"], "{:.0f}")
+    art.number(prefix + "CfdInterval", format_ci(v["cfd"], part="interval"))
+    for metric in ("cfd", "kid"):
+        d = difference(v, base, metric)
+        art.number(prefix + metric.capitalize() + "Diff", format_ci(d))
+        art.number(prefix + metric.capitalize() + "Verdict", verdict(d))
+for key, name in (("narrow", "WidthCfdNarrow"), ("shallow", "DepthCfdShallow")):
+    art.number(name, format_ci(vres[key]["cfd"], part="estimate") if key in vres else "n/a")
 
 # %% [markdown]
-# ## 3. Nearest neighbours (figure 2a)
+# ## 3. Nearest neighbours (`fig:nearest-neighbours`)
 # Unconditional samples (EMA, ancestral) and their five nearest training images by L2 distance in pixel space
 # (images in [−1, 1]); a memorising model would reproduce training images at distance ≈ 0.
 
@@ -191,23 +296,26 @@ tu = experiments.trained_model(art, uncond, "uncond")
 out = experiments.generate(art, tu, nn_samples, sampler="ancestral", steps=q_steps, seed=seed + 3, tag="nn")
 idx, dist = experiments.nearest_neighbours(out["images"], tu.data.images, k=5)
 panel = np.concatenate([np.concatenate([out["images"][i:i + 1], tu.data.images[idx[i]].numpy()]) for i in range(nn_samples)])
-fig, ax = plt.subplots(figsize=(3.6, 0.55 * nn_samples + 0.5))
+fig, ax = plt.subplots(figsize=(3.0, 0.45 * nn_samples + 0.35))
 report.show_images(ax, panel, nrow=6)
-ax.set_title("sample | 5 nearest training images (L2)")
-art.save_figure(fig, "nearest_neighbours", dataset=tu.data.label, config=uncond)
+ax.set_title("生成样本 | 训练集中 5 个 $L_2$ 最近邻")
+art.save_figure(fig, "nearest_neighbours", dataset=report.dataset_label_zh(tu.data.label), config=uncond)
 print(f"nearest-neighbour distances: min {dist[:, 0].min():.2f}, median {np.median(dist[:, 0]):.2f}")
 art.number("NNMinDistance", float(dist[:, 0].min()), "{:.2f}", dataset=tu.data.label)
 
 # %% [markdown]
-# ## 4. Bits/dim: fixed-large against fixed-small
+# ## 4. Bits/dim: fixed-large against fixed-small, and the two conventions for L_0
 # The full bound (all T terms, eq. 7) of the unconditional model on held-out images; the ε-network is the
-# same, only the reverse variance σ_t² differs. Both use the same noise.
+# same, only the reverse variance σ_t² differs. All use the same noise. For fixed-large the decoder term L_0
+# is reported under both conventions: σ_1² = β̃_2 (DDPM's code, the one behind the paper's bits/dim) and
+# σ_1² = β_1 (the paper's text); the other T − 1 terms are identical.
 
 # %%
 x_test = experiments.load_data(uncond, "test", tu.cfg).images[:bpd_images]
 bres = {}
-for var in ("fixed_large", "fixed_small"):
-    diff = GaussianDiffusion(tu.diffusion.betas, tu.diffusion.model_mean_type, var, tu.diffusion.loss_type)
+for name, var, dv in (("fixed_large", "fixed_large", "ddpm_code"), ("fixed_large_paper", "fixed_large", "paper"),
+                      ("fixed_small", "fixed_small", "ddpm_code")):
+    diff = GaussianDiffusion(tu.diffusion.betas, tu.diffusion.model_mean_type, var, tu.diffusion.loss_type, dv)
 
     def work(folder, diff=diff):
         dev = next(tu.model.parameters()).device
@@ -216,16 +324,43 @@ for var in ("fixed_large", "fixed_small"):
         b = diff.calc_bpd_loop(tu.model, x0, progress=True, t_batch=max(1, 64 // len(x0)), generator=g)
         return {k: b[k].cpu().numpy() for k in ("total_bpd", "prior_bpd", "vb")}
 
-    r = art.cached({"model": tu.entry.key, "var": var, "n": bpd_images, "seed": seed}, work, kind="bpd",
+    r = art.cached({"model": tu.entry.key, "var": var, "decoder_variance": dv, "n": bpd_images, "seed": seed,
+                    "data": report.data_digest(x_test)}, work, kind="bpd",
                    modules=["diffusion.gaussian_diffusion"]).result
-    bres[var] = dict(total=r["total_bpd"].mean(), prior=r["prior_bpd"].mean(), l0=r["vb"][:, 0].mean(),
-                     mid=r["vb"][:, 1:].sum(1).mean())
-    print(f"{var}: {bres[var]['total']:.3f} bits/dim (L_T {bres[var]['prior']:.4f}, L_0 {bres[var]['l0']:.3f})")
-brows = [["σ² = β_t (fixed-large)" if v == "fixed_large" else "σ² = β̃_t (fixed-small)", f"{b['total']:.3f}",
-          f"{b['prior']:.4f}", f"{b['mid']:.3f}", f"{b['l0']:.3f}"] for v, b in bres.items()]
-art.save_table("bpd", report.booktabs_tabular(["reverse variance", "total (bits/dim)", "L_T", "Σ L_(t-1)", "L_0"],
-                                              brows, align="lrrrr"), dataset=tu.data.label, config=uncond)
+    bres[name] = dict(total=r["total_bpd"].mean(), prior=r["prior_bpd"].mean(), l0=r["vb"][:, 0].mean(),
+                      mid=r["vb"][:, 1:].sum(1).mean(), per_image=r["total_bpd"])
+    print(f"{name}: {bres[name]['total']:.3f} bits/dim (L_T {bres[name]['prior']:.4f}, L_0 {bres[name]['l0']:.3f})")
+bpd_labels = {"fixed_large": (r"$\sigma_t^2=\beta_t$（fixed-large）", r"$\sigma_1^2=\tilde\beta_2$（DDPM 代码）"),
+              "fixed_large_paper": (r"$\sigma_t^2=\beta_t$（fixed-large）", r"$\sigma_1^2=\beta_1$（论文正文）"),
+              "fixed_small": (r"$\sigma_t^2=\tilde\beta_t$（fixed-small）", r"$\sigma_1^2=\tilde\beta_2$")}
+
+
+def bpd_interval(per_image) -> dict | None:
+    """95 % bootstrap interval of the mean over images (None for a single image: no interval)."""
+    return bootstrap_ci(per_image, np.mean, num_resamples=bootstrap_resamples, seed=seed) if len(per_image) > 1 else None
+
+
+for b in bres.values():
+    b["ci"] = bpd_interval(b["per_image"])
+brows = [[*bpd_labels[v], str(len(b["per_image"])), format_ci(b["ci"], "{:.3f}") if b["ci"] else f"{b['total']:.3f}",
+          f"{b['prior']:.4f}", f"{b['mid']:.3f}",
+          f"{b['l0']:.3f}"] for v, b in bres.items()]
+art.save_table("bpd", report.booktabs_tabular(
+    ["反向方差（reverse variance）", r"$L_0$ 方差约定", r"图像数 $n$", r"总计（bits/dim）[95\% 置信区间]",
+     r"$L_T$", r"$\sum_{t\geq2} L_{t-1}$", r"$L_0$"], brows, align="llrrrrr", escape=False),
+    dataset=tu.data.label, config=uncond)
+# same images and noise for every variance: the paired per-image difference carries the comparison
+bpd_diff = bpd_interval(bres["fixed_small"]["per_image"] - bres["fixed_large"]["per_image"])
+art.number("BpdImages", len(x_test), "{:d}")
+for name, ci in (("BpdFixedLargeInterval", bres["fixed_large"]["ci"]), ("BpdFixedSmallInterval", bres["fixed_small"]["ci"]),
+                 ("BpdSmallMinusLargeCI", bpd_diff)):
+    text = (format_ci(ci, "{:.2f}", part="interval") if name.endswith("Interval") else format_ci(ci)) if ci else \
+        "（单幅图像，无区间）"
+    art.number(name, text, dataset=tu.data.label)
+art.number("BpdSmallMinusLargeVerdict", "无法判断（单幅图像）" if bpd_diff is None else
+           "不含 0" if bpd_diff["low"] > 0 or bpd_diff["high"] < 0 else "含 0", dataset=tu.data.label)
 art.number("BpdFixedLarge", bres["fixed_large"]["total"], "{:.2f}", dataset=tu.data.label)
+art.number("BpdFixedLargePaperLzero", bres["fixed_large_paper"]["total"], "{:.2f}", dataset=tu.data.label)
 art.number("BpdFixedSmall", bres["fixed_small"]["total"], "{:.2f}", dataset=tu.data.label)
 
 # %% [markdown]
@@ -243,16 +378,18 @@ if os.path.isfile(weights_path()):
     xs = torch.from_numpy(res["ddim", q_steps]["images"] if ("ddim", q_steps) in res else out["images"])
     fid = fid_from_images(xs, test, net)
     is_mean, is_std = inception_score(inception_features_and_logits(xs, net)[1])
-    fid_text, is_text = f"{fid:.2f}", f"{is_mean:.2f} ± {is_std:.2f}"
-    art.number("FIDStatus", f"FID {fid:.2f} from {len(xs)} samples")
+    fid_text, is_text = f"{fid:.2f}", f"{is_mean:.2f} ± {is_std:.2f}（n = {len(xs)}，10 组）"
+    art.number("FIDStatus", f"FID 为 {fid:.2f}（{len(xs)} 幅样本）")
 else:
-    fid_text = is_text = "unavailable: Inception weights not obtainable offline"
+    fid_text = is_text = "不可用：离线环境无法获得 Inception 官方权重"
     art.number("FIDStatus", fid_text)
 key50 = ("ddim", q_steps)
-mrows = [["FID (Inception, official weights)", fid_text], ["Inception Score", is_text],
-         [f"classifier FD (DDIM {q_steps} steps, n = {res[key50]['n']})" if key50 in res else "classifier FD",
-          f"{res[key50]['cfd']:.2f}" if key50 in res else "n/a"],
-         ["conditional accuracy, no guidance (%)", f"{res[key50]['acc']:.1f}" if key50 in res else "n/a"],
-         ["proxy classifier held-out accuracy (%)", f"{100 * clf.accuracy:.1f}"],
-         ["NLL bound, fixed-large (bits/dim)", f"{bres['fixed_large']['total']:.3f}"]]
-art.save_table("metrics_summary", report.booktabs_tabular(["metric", "value"], mrows, align="ll"))
+e = report.escape_latex
+setting = f"DDIM {q_steps} 步，$w=1$，$n={res[key50]['n']}$" if key50 in res else ""
+mrows = [["FID（Inception 官方权重）", e(fid_text)], ["Inception Score（IS）", e(is_text)],
+         [f"分类器 FD（{setting}）" if key50 in res else "分类器 FD", e(format_ci(res[key50]['cfd'])) if key50 in res else "—"],
+         [f"条件准确率（\\%，{setting}）" if key50 in res else "条件准确率（\\%）",
+          e(format_ci(res[key50]['acc'])) if key50 in res else "—"],
+         ["代理分类器留出集准确率（\\%）", f"{100 * clf.accuracy:.1f}"],
+         ["负对数似然上界，fixed-large（bits/dim）", f"{bres['fixed_large']['total']:.3f}"]]
+art.save_table("metrics_summary", report.booktabs_tabular(["指标", "取值"], mrows, align="ll", escape=False))

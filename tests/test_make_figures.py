@@ -85,14 +85,33 @@ def _fake_repo(tmp_path):
         ''')
     (root / "notebooks" / "01_ok.py").write_text(header + body.replace("NAME", "'01_ok'").replace("NUM", "'Ok'"))
     (root / "notebooks" / "02_bad.py").write_text(header + body.replace("NAME", "'02_bad'").replace("NUM", "'Bad'"))
+    _git(root, "init", "-q")
+    _git(root, "add", ".")
+    _git(root, "commit", "-q", "-m", "fake")
     return root
 
 
-@pytest.mark.timeout(240)
-def test_run_stops_at_failing_cell_and_keeps_earlier(tmp_path, monkeypatch, capsys):
-    root = _fake_repo(tmp_path)
+def _git(repo, *args):
+    import subprocess
+
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args], cwd=repo,
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def run_env(tmp_path, monkeypatch):
+    """The environment a make_figures run changes, restored afterwards."""
+    from diffusion.report.provenance import COMMIT_ENV, DIRTY_ENV
+
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     monkeypatch.setenv("DDPM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv(COMMIT_ENV, "")
+    monkeypatch.setenv(DIRTY_ENV, "")
+
+
+@pytest.mark.timeout(240)
+def test_run_stops_at_failing_cell_and_keeps_earlier(tmp_path, run_env, capsys):
+    root = _fake_repo(tmp_path)
     rc = mf.main(["--profile", "smoke", "--root", str(root), "--kernel", "python3"])
     err = capsys.readouterr()
     assert rc == 1
@@ -105,6 +124,29 @@ def test_run_stops_at_failing_cell_and_keeps_earlier(tmp_path, monkeypatch, caps
     build = root / "build" / "notebooks" / "smoke"
     assert (build / "01_ok.html").is_file() and (build / "02_bad.html").is_file()
     assert (build / "01_ok.ipynb").is_file()
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["dirty"] is False and prov["notebooks"]["01_ok"]["git_commit"] == _git(root, "rev-parse", "HEAD")
+    assert not mf.source_state(root)["dirty"]  # the run's outputs (figures/, build/) do not make it dirty
+
+
+@pytest.mark.timeout(240)
+def test_dirty_sources_refused_unless_allowed(tmp_path, run_env, capsys):
+    root = _fake_repo(tmp_path)
+    head = _git(root, "rev-parse", "HEAD")
+    (root / "notebooks" / "01_ok.py").write_text((root / "notebooks" / "01_ok.py").read_text() + "\n# edited\n")
+    (root / "helper.py").write_text("untracked = True\n")
+    assert mf.main(["--profile", "smoke", "--root", str(root), "--kernel", "python3"]) == 2
+    err = capsys.readouterr().err
+    assert "--allow-dirty" in err and "notebooks/01_ok.py" in err and "helper.py" in err and head in err
+    assert not (root / "figures").exists()
+
+    assert mf.main(["--profile", "smoke", "--root", str(root), "--kernel", "python3", "--notebooks", "01_ok",
+                    "--allow-dirty"]) == 0
+    out = root / "figures" / "smoke"
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["dirty"] is True and prov["notebooks"]["01_ok"]["dirty"] is True
+    assert all(e["dirty"] is True and e["git_commit"] == head + "-dirty" for e in prov["artefacts"])
+    assert head[:10] + "-dirty" in (out / "tables" / "provenance.tex").read_text()
 
 
 def test_gpu_profile_refused_without_cuda(tmp_path, monkeypatch):
@@ -160,3 +202,16 @@ def test_kernel_is_this_interpreter_never_another_checkouts(monkeypatch):
     argv["value"] = None
     assert mf._kernel_name(None) == "python3"
     assert mf._kernel_name("mine") == "mine"
+
+
+@pytest.mark.parametrize("extra, flag", [([], False), (["ALLOW_DIRTY=1"], True), (["ALLOW_DIRTY=0"], False)])
+def test_make_figures_passes_allow_dirty(extra, flag):
+    import subprocess
+
+    out = subprocess.run(["make", "-n", "-C", str(ROOT), "figures", "PROFILE=quick", *extra], capture_output=True,
+                         text=True, check=True).stdout
+    line = next(ln for ln in out.splitlines() if "tools/make_figures.py" in ln)
+    assert "--profile quick" in line and ("--allow-dirty" in line) is flag
+    check = subprocess.run(["make", "-n", "-C", str(ROOT), "reproduce-check"], capture_output=True, text=True,
+                           check=True).stdout
+    assert "tools/reproduce_check.py --venv" in check

@@ -81,7 +81,7 @@ def test_evaluate_writes_json_with_every_number(tmp_path, untrained_classifier):
 
 def test_only_inception_metrics_without_weights_raise():
     with pytest.raises(InceptionWeightsMissing, match="pt_inception-2015-12-05-6726825d.pth"):
-        evaluate(TinyEps(), create_diffusion(num_timesteps=2), "mnist5k", metrics="fid,is", num_samples=4,
+        evaluate(TinyEps(), create_diffusion(num_timesteps=2), "mnist5k", metrics="fid,is", num_samples=20,
                  allow_download=False, progress=False)
 
 
@@ -114,3 +114,62 @@ def test_class_count_mismatch():
     with pytest.raises(ValueError, match="num_classes=5 but MNIST-5k has 10"):
         evaluate(TinyEps(num_classes=5), create_diffusion(num_timesteps=2), "mnist5k", metrics="nn", num_samples=4,
                  progress=False)
+
+
+def test_is_refused_below_two_samples_per_split():
+    class NeverSampled(TinyEps):
+        def forward(self, x, t, y=None):
+            raise AssertionError("sampled before the arguments were checked")
+
+    with pytest.raises(ValueError, match=r"num_samples: .*at least 2 images per split.*N=19.*>= 20"):
+        evaluate(NeverSampled(), create_diffusion(num_timesteps=2), "mnist5k", metrics="nn,is", num_samples=19,
+                 progress=False)
+
+
+def test_is_recorded_with_n_and_reportable_flag(monkeypatch):
+    """The IS entry of the JSON: the score of the 10 in-order splits, n, and reportable: false below 5,000."""
+    import numpy as np
+
+    from diffusion.metrics import inception as inception_mod
+    from diffusion.metrics.inception_score import inception_score
+
+    logits = np.random.default_rng(0).normal(scale=2.0, size=(30, 1008))
+    monkeypatch.setattr(inception_mod, "load_inception", lambda device, allow_download=True: object())
+    monkeypatch.setattr(inception_mod, "inception_features_and_logits",
+                        lambda images, net, progress=True: (np.zeros((len(images), 2048)), logits[:len(images)]))
+    with pytest.warns(UserWarning, match="not reportable"):
+        rec = evaluate(TinyEps(), create_diffusion(num_timesteps=2), "mnist5k", metrics="is", num_samples=30,
+                       progress=False)
+    entry = rec["metrics"]["is"]
+    with pytest.warns(UserWarning):
+        mean, std = inception_score(logits, splits=10)
+    assert (entry["mean"], entry["std"]) == (mean, std)
+    assert entry["n"] == 30 and entry["splits"] == 10 and entry["reportable"] is False
+    assert any("not reportable" in w and "30 < 5000" in w for w in rec["warnings"])
+
+
+def test_cli_evaluate_prints_only_json_on_stdout(tmp_path, monkeypatch, capsys):
+    """Anything a library prints while evaluating goes to stderr; --no-download reaches evaluate()."""
+    import types
+
+    from diffusion import cli
+    from diffusion.metrics import evaluate as evaluate_mod
+
+    seen = {}
+
+    def fake_evaluate(model, diffusion, data_name, **kwargs):
+        print("Downloading: https://example.invalid/weights.pth")  # what torch.hub used to print
+        seen.update(kwargs)
+        return {"dataset": data_name, "metrics": {}}
+
+    cfg = types.SimpleNamespace(data=types.SimpleNamespace(root=None, name="mnist5k", image_size=None),
+                                model=types.SimpleNamespace(class_cond=False))
+    monkeypatch.setattr(cli, "load_trained", lambda ckpt, device=None: (TinyEps(), None, cfg, {"step": 7}))
+    monkeypatch.setattr(evaluate_mod, "evaluate", fake_evaluate)
+    ckpt = tmp_path / "ckpt.pt"
+    ckpt.write_bytes(b"")
+    assert cli.main(["evaluate", "--ckpt", str(ckpt), "--metrics", "nn", "--device", "cpu", "--no-compile",
+                     "--no-download"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"dataset": "mnist5k", "metrics": {}, "checkpoint": str(ckpt), "checkpoint_step": 7}
+    assert "Downloading" in err and seen["allow_download"] is False

@@ -1,6 +1,7 @@
 """FID and the Fréchet distance: agreement with pytorch-fid, closed forms, caching, missing weights."""
 from __future__ import annotations
 
+import math
 import os
 import warnings
 
@@ -12,8 +13,9 @@ from PIL import Image
 from diffusion.metrics import fid as fid_mod
 from diffusion.metrics.fid import (activation_statistics, cached_statistics, fid_from_images,
                                    frechet_distance)
-from diffusion.metrics.inception import (WEIGHTS_FILENAME, InceptionWeightsMissing,
-                                         inception_features_and_logits, load_inception, weights_path)
+from diffusion.metrics import inception as inception_mod
+from diffusion.metrics.inception import (InceptionWeightsMissing, file_sha256, inception_features_and_logits,
+                                         load_inception, weights_path)
 
 
 def _random_inception_state_dict(seed: int = 0) -> dict:
@@ -32,12 +34,26 @@ def _random_inception_state_dict(seed: int = 0) -> dict:
     return net.state_dict()
 
 
+def install_random_weights(home, monkeypatch, seed: int = 0, state: dict | None = None):
+    """Random Inception weights in ``home``'s hub cache under a name carrying their own SHA-256 prefix
+    (the loader verifies that prefix), with ``WEIGHTS_FILENAME`` pointed at them; returns the path."""
+    (home / "hub" / "checkpoints").mkdir(parents=True, exist_ok=True)
+    tmp = home / "hub" / "checkpoints" / "weights.tmp"
+    torch.save(state if state is not None else _random_inception_state_dict(seed), tmp)
+    name = f"pt_inception-random-{file_sha256(str(tmp))[:8]}.pth"
+    tmp.rename(tmp.with_name(name))
+    monkeypatch.setattr(inception_mod, "WEIGHTS_FILENAME", name)
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    return tmp.with_name(name)
+
+
 @pytest.fixture
 def random_torch_home(tmp_path, monkeypatch):
+    """Random weights whose fc bias is far from zero (the IS logits must not use it)."""
     home = tmp_path / "torch_home"
-    (home / "hub" / "checkpoints").mkdir(parents=True)
-    torch.save(_random_inception_state_dict(), home / "hub" / "checkpoints" / WEIGHTS_FILENAME)
-    monkeypatch.setenv("TORCH_HOME", str(home))
+    state = _random_inception_state_dict()
+    state["fc.bias"] = torch.linspace(-8.0, 8.0, 1008)
+    install_random_weights(home, monkeypatch, state=state)
     monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "cache"))
     return home
 
@@ -76,7 +92,28 @@ def test_inception_statistics_match_pytorch_fid_on_png_folder(tmp_path, random_t
     assert feats.std() > 0 and np.abs(mu_ref).max() > 0
     np.testing.assert_allclose(mu, mu_ref, rtol=1e-5, atol=1e-7 * np.abs(mu_ref).max())
     np.testing.assert_allclose(sigma, sigma_ref, rtol=1e-4, atol=1e-6 * np.abs(sigma_ref).max())
+    _is_logits_check(net, feats, logits)
     assert isinstance(net.net, InceptionV3)
+    assert net.weights_sha256 == file_sha256(weights_path())
+
+
+def _is_logits_check(net, feats, logits):
+    """The logits are pool @ fc.weight.T, as openai/improved-gan's matmul(pool3, w): the file's nonzero
+    fc bias is not used, and the IS is that of the bias-free logits."""
+    from diffusion.metrics.inception_score import inception_score
+
+    state = torch.load(weights_path(), weights_only=True)
+    w, b = state["fc.weight"].double().numpy(), state["fc.bias"].double().numpy()
+    assert np.abs(b).max() > 1.0
+    np.testing.assert_allclose(logits, feats @ w.T, rtol=1e-4, atol=1e-5 * np.abs(feats @ w.T).max())
+    assert np.abs(logits - (feats @ w.T + b)).max() > 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # compared as log IS = E KL (the IS of a random network is close to 1)
+        ours, unbiased, biased = (math.log(inception_score(np.tile(z, (5, 1)), splits=len(z))[0])
+                                  for z in (logits, feats @ w.T, feats @ w.T + b))
+    assert ours > 0 and ours == pytest.approx(unbiased, rel=1e-4)
+    assert ours != pytest.approx(biased, rel=1e-2)  # about 3 % apart for these weights and images
 
 
 @pytest.mark.parametrize("n", [200, 20])  # full-rank and singular (N < D) covariances
@@ -176,9 +213,17 @@ def test_reference_statistics_keyed_by_digest(tmp_path, monkeypatch):
         name, split, digest = "toy", "train", "abc"
         images = torch.arange(24, dtype=torch.uint8).reshape(4, 1, 2, 3) ** 2
 
-    fid_mod.reference_statistics(Data, net=None)
-    fid_mod.reference_statistics(Data, net=None)
+    class Net:
+        weights_sha256 = "a" * 64
+
+    fid_mod.reference_statistics(Data, net=Net)
+    fid_mod.reference_statistics(Data, net=Net)
     assert len(seen) == 1
     Data.digest = "changed"
-    fid_mod.reference_statistics(Data, net=None)
+    fid_mod.reference_statistics(Data, net=Net)
     assert len(seen) == 2
+    Net.weights_sha256 = "b" * 64  # other Inception weights: other statistics
+    fid_mod.reference_statistics(Data, net=Net)
+    assert len(seen) == 3
+    fid_mod.reference_statistics(Data, net=Net)
+    assert len(seen) == 3

@@ -11,6 +11,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from diffusion import report  # noqa: E402
+from diffusion.report import cache as report_cache  # noqa: E402
 
 
 @pytest.fixture
@@ -22,9 +23,9 @@ def fake_pkg(tmp_path, monkeypatch):
     (pkg / "a.py").write_text("from diffusion.b import f\nX = 1\n")
     (pkg / "b.py").write_text("def f():\n    return 2\n")
     (pkg / "c.py").write_text("Y = 3\n")
-    (pkg / "report.py").write_text("# writers\n")
-    monkeypatch.setattr(report, "PACKAGE_DIR", pkg)
-    monkeypatch.setattr(report, "__file__", str(pkg / "report.py"))
+    (pkg / "report").mkdir()
+    (pkg / "report" / "__init__.py").write_text("# writers\n")
+    monkeypatch.setattr(report_cache, "PACKAGE_DIR", pkg)
     return pkg
 
 
@@ -43,11 +44,11 @@ def test_source_digest_follows_imports(fake_pkg):
     (fake_pkg / "b.py").write_text("def f():\n    return 3\n")  # imported by a
     assert report.source_digest(["diffusion.a"]) != d_a
     d_all = report.source_digest()
-    (fake_pkg / "report.py").write_text("# restyled\n")  # report.py never changes a cached result
+    (fake_pkg / "report" / "__init__.py").write_text("# restyled\n")  # never changes a cached result
     assert report.source_digest() == d_all
     (fake_pkg / "a.py").write_text("from diffusion.b import f\nfrom diffusion import report\nX = 1\n")
     d_a = report.source_digest(["diffusion.a"])
-    (fake_pkg / "report.py").write_text("# restyled again\n")  # imported, still not hashed
+    (fake_pkg / "report" / "__init__.py").write_text("# restyled again\n")  # imported, still not hashed
     assert report.source_digest(["diffusion.a"]) == d_a
     with pytest.raises(ValueError, match="modules"):
         report.source_digest(["diffusion.nope"])
@@ -177,7 +178,7 @@ def test_bad_input(tmp_path):
 
 
 def test_column_count_and_grid():
-    assert report._count_columns("l*{3}{r}p{2cm}@{}c|S") == 7
+    assert report.latex._count_columns("l*{3}{r}p{2cm}@{}c|S") == 7
     g = report.image_grid(np.stack([np.full((1, 2, 2), -1.0), np.full((1, 2, 2), 1.0)] * 2), nrow=3, pad=1)
     assert g.shape == (2 * 3 + 1, 3 * 3 + 1, 1)
     assert g[1, 1, 0] == 0.0 and g[1, 4, 0] == 1.0 and g[4, 7, 0] == 1.0  # blank cell keeps pad value

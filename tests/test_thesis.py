@@ -26,9 +26,15 @@ _spec = importlib.util.spec_from_file_location("build_thesis", SCRIPT)
 build_thesis = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(build_thesis)
 
-CHAPTER_TITLES = ["摘要", "Abstract", "目录", "引言", "扩散生成模型的数学原理与理论推导",
-                  "图像生成模型的设计与算法实现", "实验结果与分析", "总结与展望", "全文总结",
-                  "存在不足与未来改进方向", "参考文献", "产物来源记录"]
+CHAPTER_TITLES = ["学位论文原创性声明", "学位论文版权使用授权书", "摘要", "Abstract", "目录", "引言",
+                  "扩散生成模型的数学原理与理论推导", "图像生成模型的设计与算法实现", "实验结果与分析",
+                  "总结与展望", "全文总结", "存在的不足", "未来工作", "参考文献", "产物来源记录"]
+QUICK = REPO / "figures" / "quick"
+THESIS = REPO / "thesis"
+CHECK_SCRIPT = REPO / "tools" / "thesis_check.py"
+_check_spec = importlib.util.spec_from_file_location("thesis_check", CHECK_SCRIPT)
+thesis_check = importlib.util.module_from_spec(_check_spec)
+_check_spec.loader.exec_module(thesis_check)
 
 
 # ------------------------------------------------------------------------------- script logic, no TeX
@@ -41,7 +47,7 @@ def test_contract_lists_every_artefact_with_its_notebook():
     assert nums["ProfileName"] == "04_training"
     assert nums["UncondBatchSize"] == "04_training"  # a wrapped line continues its notebook's list
     assert nums["StepsCfdFifty"] == "06_ablations" and nums["CfdWOne"] == "05_guidance"
-    assert len(nums) == 43
+    assert nums["DefaultGuidanceScale"] == nums["GuidanceSteps"] == "05_guidance"
 
 
 def test_thesis_uses_only_contract_artefacts_and_all_figures():
@@ -107,10 +113,10 @@ def test_comparison_words_follow_the_numbers():
                                              "EpsMseTopTrivial": r"$3.6\times10^{-5}$",
                                              "CondDatasetLabel": "A", "UncondDatasetLabel": "B"})
     text = "\n".join(lines)
-    assert r"\newcommand{\RelAccThreeOne}[2]{#1}" in text
-    assert r"\newcommand{\RelCfdThreeOne}[2]{相同}" in text
-    assert r"\newcommand{\RelBpd}[2]{无法比较}" in text
-    assert r"\newcommand{\RelEpsTop}[2]{#1}" in text  # 2.0e-3 > 3.6e-5, read from report.latex_sci
+    assert r"\newcommand{\RelAccThreeOne}[3][相同]{#2}" in text
+    assert r"\newcommand{\RelCfdThreeOne}[3][相同]{#1}" in text  # equal: the optional word
+    assert r"\newcommand{\RelBpd}[3][相同]{无法比较}" in text
+    assert r"\newcommand{\RelEpsTop}[3][相同]{#2}" in text  # 2.0e-3 > 3.6e-5, read from report.latex_sci
     assert build_thesis._number(r"$3.6\times10^{-5}$") == 3.6e-5 and build_thesis._number("$7.1$") == 7.1
     assert r"\newcommand{\StepsSpeedup}{20.0}" in text
     assert r"\CondDatasetLabel{} 与 \UncondDatasetLabel" in text
@@ -128,6 +134,144 @@ def test_log_check_catches_undefined_references_and_missing_glyphs(tmp_path):
     assert any("missing glyph" in p for p in problems)
     log.write_text("Output written on thesis.pdf (40 pages).\n")
     assert build_thesis.check_log(log, tmp_path / "none.blg") == []
+
+
+def test_provenance_appendix_says_when_artefacts_come_from_a_dirty_tree():
+    clean = {"loss_curve": {"notebook": "04_training", "commit": "abcdef0123456789", "dirty": False},
+             "hparams": {"notebook": "03_unet", "commit": "abcdef0123456789", "dirty": False}}
+    tex = build_thesis.provenance_tex(clean, ["loss_curve"], ["hparams"])
+    assert "未提交修改" in tex and "全部产物都是在工作区没有未提交修改时生成的" in tex
+    assert "工作区有未提交修改" not in tex
+    dirty = dict(clean, hparams={"notebook": "03_unet", "commit": "abcdef0123456789", "dirty": True})
+    tex = build_thesis.provenance_tex(dirty, ["loss_curve"], ["hparams"])
+    assert "2 项产物中有 1 项" in tex and tex.count("\\textbf{工作区有未提交修改}") == 1
+    legacy = dict(clean, loss_curve={"notebook": "04_training", "commit": "abcdef0123456789-dirty"})
+    assert "2 项产物中有 1 项" in build_thesis.provenance_tex(legacy, ["loss_curve"], ["hparams"])
+
+
+def test_config_and_code_values_are_read_from_their_sources(tmp_path):
+    lines = "\n".join(build_thesis.config_macros(REPO / "configs"))
+    assert "\\newcommand{\\CfgT}{1000}" in lines and "\\newcommand{\\CfgLr}{\\ensuremath{2\\times10^{-4}}}" in lines
+    assert "\\newcommand{\\CfgTotalSteps}{800\\,000}" in lines and "\\newcommand{\\CfgEmaDecay}{0.9999}" in lines
+    assert build_thesis.tex_config_number(1e-4) == "\\ensuremath{10^{-4}}"
+    assert build_thesis.tex_config_number([16]) == "16" and build_thesis.tex_config_number(0.02) == "0.02"
+    (tmp_path / "cifar10.yaml").write_text("train: {lr: 0.5}\n")
+    with pytest.raises(build_thesis.BuildError, match="CfgT"):
+        build_thesis.config_macros(tmp_path)
+    code = "\n".join(build_thesis.code_macros(REPO))
+    assert "\\newcommand{\\CodeGroupNormGroups}{32}" in code
+
+
+def test_guidance_wording_follows_best_and_default_scale():
+    assert build_thesis.guidance_macros({"BestGuidanceScale": "3", "DefaultGuidanceScale": "3"}) == \
+        ["\\newcommand{\\IfBestGuidanceIsDefault}[2]{#1}"]
+    assert build_thesis.guidance_macros({"BestGuidanceScale": "5", "DefaultGuidanceScale": "3"}) == \
+        ["\\newcommand{\\IfBestGuidanceIsDefault}[2]{#2}"]
+
+
+# --------------------------------------------------------------- every number has a source (no TeX needed)
+# A number in the thesis text must come from numbers.tex (a macro), a configuration or code constant
+# (\Cfg..., \Code... macros of build_thesis), a generated table, or thesis/literature.tex. Single digits
+# (indices, small counts, "表 2") and the displayed equations are exempt; the few definitional constants
+# below are listed with the reason they are not results.
+DEFINITIONAL = [
+    (r"\\\{0,(?:1,)?\\dots,255\\\}", "8-bit pixel values"),
+    (r"[12]/255", "width of a pixel bin after scaling to [-1, 1] (section 2.4.2)"),
+    (r"\b256 个取值", "number of 8-bit pixel values"),
+    (r"\(0,1\)", "the open unit interval"),
+    (r"\[\d(?:,\d)+\]|\d(?:\{:\}\d)+", "a list of single-digit channel multipliers"),
+    (r"(\d\d)\\times\1\b", "image side lengths of a dataset (32×32 CIFAR-10, 64×64 CelebA, 28×28 MNIST)"),
+    (r"(?:19|20)\d\d\s*年", "a publication year"),
+    (r"\(10\+n\)", "the EMA decay warm-up formula of diffusion/ema.py"),
+]
+_DISPLAY = re.compile(r"\\begin\{(equation\*?|align\*?|gather\*?)\}.*?\\end\{\1\}|\\\[.*?\\\]", re.S)
+_STRIP = [
+    r"(?<!\\)%.*",
+    r"\\(?:label|ref|eqref|cite|input|ProfFig|ProfTable|NbLink|pdfbookmark|begin|end|SourceNote|"
+    r"SourceNoteNoData|setcounter|addcontentsline|renewcommand)\*?(?:\[[^\]]*\])*(?:\{[^{}]*\})+",
+    r"\[[^\[\]]*(?:cm|pt|em|ex|mm|linewidth|textwidth|baselineskip)[^\[\]]*\]",
+    r"\\(?:vspace|hspace|zihao|makebox|ThesisBlank|linespread|setlength)\*?\{[^{}]*\}",
+    r"-?\d*\.?\d+\s*(?:cm|pt|em|ex|mm|bp)\b",
+]
+_NUMBER = re.compile(r"(?<![A-Za-z0-9_.\-+])\d+(?:[.,]\d+)*(?![A-Za-z0-9])")
+
+
+def unsourced_numbers(text: str, table_numbers: set[str]) -> list[str]:
+    """Numbers of ``text`` (a chapter's TeX) that no allowed source covers, with some context each."""
+    text = _DISPLAY.sub(" ", text)
+    for pattern in _STRIP:
+        text = re.sub(pattern, " ", text)
+    for pattern, _reason in DEFINITIONAL:
+        text = re.sub(pattern, " ", text)
+    out = []
+    for m in _NUMBER.finditer(text):
+        num = m.group(0)
+        if len(num) == 1 or num in table_numbers:
+            continue
+        out.append(f"{num!r} in “…{text[max(0, m.start() - 25):m.end() + 25]}…”")
+    return out
+
+
+def _table_numbers(fig_dir: Path) -> set[str]:
+    found = set()
+    for table in (fig_dir / "tables").glob("*.tex"):
+        found.update(_NUMBER.findall(table.read_text(encoding="utf-8")))
+    return found
+
+
+def test_number_check_catches_typed_numbers():
+    assert unsourced_numbers("EMA 例子：$d=0.995$、共 700 步，权重约 0.13。", set())
+    assert unsourced_numbers("误差约 $4/255\\sim5/255$。", set())  # a measured error typed in
+    assert unsourced_numbers("宽度为 $2/255$ 的区间", set()) == []  # a pixel bin, definitional
+    assert unsourced_numbers("为 \\StepsTimeFull{} 秒，$w=3$，表 2，CIFAR-10 与 MNIST-5k。", set()) == []
+    assert unsourced_numbers("1000 步祖先采样", {"1000"}) == []
+    assert unsourced_numbers("\\begin{equation}x=10000\\end{equation} 于 2020 年", set()) == []
+
+
+def test_every_number_in_the_text_has_a_source():
+    fig_dir = QUICK if (QUICK / "tables").is_dir() else SMOKE
+    tables = _table_numbers(fig_dir)
+    problems = []
+    for src in sorted((THESIS / "chapters").glob("*.tex")):
+        problems += [f"{src.name}: {p}" for p in unsourced_numbers(src.read_text(encoding="utf-8"), tables)]
+    assert not problems, ("numbers typed into the thesis (use a numbers.tex/\\Cfg macro, a generated table "
+                          "or thesis/literature.tex):\n  " + "\n  ".join(problems))
+
+
+def test_literature_values_are_listed_once_with_their_source():
+    bib = (THESIS / "references.bib").read_text(encoding="utf-8")
+    keys = set(re.findall(r"@\w+\{([^,]+),", bib))
+    lines = [ln for ln in (THESIS / "literature.tex").read_text(encoding="utf-8").splitlines()
+             if ln.startswith("\\newcommand")]
+    assert lines
+    body = "\n".join(src.read_text(encoding="utf-8") for src in sorted((THESIS / "chapters").glob("*.tex")))
+    values = []
+    for line in lines:
+        m = re.fullmatch(r"\\newcommand\{\\(Lit[A-Za-z]+)\}\{([^{}]+)\}\s*%\s*(\w+),\s*(Table|Section|Figure) (\d+).*", line)
+        assert m, f"literature.tex: expected '\\newcommand{{\\Lit...}}{{value}} % key, Table N (...)', got {line!r}"
+        macro, value, key = m.group(1), m.group(2), m.group(3)
+        assert key in keys, f"{macro}: citation key {key} is not in references.bib"
+        assert re.search(rf"\\{macro}(?![A-Za-z])", body), f"{macro} is listed but never used"
+        values.append((key, value))
+    assert len(values) == len(set(values)), "a literature value is listed twice"
+
+
+def test_report_text_sizes_read_from_a_figure_pdf(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(2, 1.5))
+    ax.set_xlabel("label", fontsize=9)
+    ax.set_title("title", fontsize=12)
+    ax.tick_params(labelsize=6)
+    fig.savefig(tmp_path / "f.pdf")
+    plt.close(fig)
+    sizes = thesis_check.text_sizes(tmp_path / "f.pdf")
+    assert min(sizes) == pytest.approx(6) and max(sizes) == pytest.approx(12) and 9 in sizes
+    assert thesis_check.included_figures("ProfFig: a scale=1\nProfFig: b scale=0.5\nProfFig: a scale=0.8\n") == \
+        {"a": 0.8, "b": 0.5}
 
 
 def test_provenance_appendix_lists_each_artefact(tmp_path):
@@ -204,3 +348,24 @@ def test_equations_numbered_one_to_eighteen(smoke_pdf):
     aux = (smoke_pdf.parent / "thesis.aux").read_text(encoding="utf-8")
     numbers = sorted(int(n) for n in re.findall(r"\\newlabel\{eq:[^}]+\}\{\{(\d+)\}", aux))
     assert numbers == list(range(1, 19))
+
+
+# ------------------------------------------------------------------ the committed profile, as printed
+_quick_ready = (QUICK / "numbers.tex").is_file() and not _missing
+
+
+@pytest.fixture(scope="module")
+def quick_pdf(tmp_path_factory):
+    build_dir = tmp_path_factory.mktemp("thesis-quick")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--profile", "quick", "--build-dir", str(build_dir),
+                           "--quiet"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    return build_dir / "thesis.pdf"
+
+
+@pytest.mark.skipif(not _quick_ready, reason="figures/quick or the TeX/poppler tools are missing")
+@pytest.mark.timeout(600)
+def test_quick_thesis_passes_the_examiner_check(quick_pdf):
+    problems = thesis_check.check(quick_pdf)
+    assert not problems, "\n".join(problems)

@@ -63,7 +63,7 @@ def test_null_token_changes_output_and_none_means_null():
     assert (out_null - out_real).abs().max() > 1e-4
     torch.testing.assert_close(model(x, t), out_null)
     # eq. (17): e_ctx = MLP_t(e_t) + MLP_y(v_y), checked by hand.
-    e_t = model.time_mlp(timestep_embedding(t, 32))
+    e_t = model.time_mlp(timestep_embedding(t, 32, model.time_embed_freq_shift))
     manual = e_t + model.class_mlp(model.class_embed.weight[real])
     torch.testing.assert_close(model.context_embedding(t, real), manual)
 

@@ -24,6 +24,7 @@ Exit status: 0 success, 1 LaTeX failure or log check failure, 2 missing inputs o
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -43,8 +44,9 @@ APT_COMMAND = (
 )
 
 # Comparison words used by the text (see thesis/chapters): name -> (numerator macro, reference macro).
-# \Rel<name>{word if first > second}{word if first < second}; "相同" when equal, "无法比较" when a value
-# is not a number. Lets a sentence such as "与 w=1 相比\RelAccThreeOne{更高}{更低}" stay true.
+# \Rel<name>[word if equal]{word if first > second}{word if first < second}; the optional word defaults to
+# "相同"; "无法比较" when a value is not a number. Lets a sentence such as "与 w=1 相比\RelAccThreeOne{更高}{更低}"
+# or "（\RelAccThreeOne[持平]{上升}{下降}）" stay true and read naturally.
 COMPARISONS = {
     "RelAccThreeOne": ("CondAccWThree", "CondAccWOne"),
     "RelAccOneZero": ("CondAccWOne", "CondAccWZero"),
@@ -57,10 +59,43 @@ COMPARISONS = {
     "RelDdimAncestral": ("StepsCfdFifty", "StepsCfdFiftyAncestral"),
 }
 
+# Configuration values the text quotes (section 3.3): macro -> (config file, dotted key). They are read from
+# the YAML files the code trains with, so the text cannot drift from the configuration.
+CONFIG_VALUES = {
+    "CfgT": ("cifar10.yaml", "diffusion.num_timesteps"),
+    "CfgBetaStart": ("cifar10.yaml", "diffusion.beta_start"),
+    "CfgBetaEnd": ("cifar10.yaml", "diffusion.beta_end"),
+    "CfgCh": ("cifar10.yaml", "model.ch"),
+    "CfgAttnRes": ("cifar10.yaml", "model.attn_resolutions"),
+    "CfgDropout": ("cifar10.yaml", "model.dropout"),
+    "CfgCelebaDropout": ("celeba64.yaml", "model.dropout"),
+    "CfgBatch": ("cifar10.yaml", "train.batch_size"),
+    "CfgLr": ("cifar10.yaml", "train.lr"),
+    "CfgAdamBetaOne": ("cifar10.yaml", "train.adam_betas.0"),
+    "CfgAdamBetaTwo": ("cifar10.yaml", "train.adam_betas.1"),
+    "CfgWarmup": ("cifar10.yaml", "train.warmup_steps"),
+    "CfgGradClip": ("cifar10.yaml", "train.grad_clip"),
+    "CfgEmaDecay": ("cifar10.yaml", "train.ema_decay"),
+    "CfgTotalSteps": ("cifar10.yaml", "train.total_steps"),
+    "CfgPUncond": ("cifar10.yaml", "train.p_uncond"),
+}
+
 
 # numbers.tex macros read by the generated profile.tex (comparisons, speed-up, GFLOPs wording).
 DERIVED_FROM = {m for pair in COMPARISONS.values() for m in pair} | {
-    "StepsTimeFull", "StepsTimeFifty", "CifarGFlops", "CondDatasetLabel", "UncondDatasetLabel"}
+    "StepsTimeFull", "StepsTimeFifty", "CifarGFlops", "CondDatasetLabel", "UncondDatasetLabel",
+    "BestGuidanceScale", "DefaultGuidanceScale"}
+
+
+def _load_labels():
+    """diffusion/report/labels.py by path (it needs only ``re``; importing the package would load torch)."""
+    spec = importlib.util.spec_from_file_location("_thesis_labels", REPO / "diffusion" / "report" / "labels.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_LABELS = _load_labels()
 
 
 class BuildError(Exception):
@@ -206,12 +241,12 @@ def comparison_macros(defined: dict[str, str]) -> list[str]:
         if a is None or b is None:
             body = "无法比较"
         elif a > b:
-            body = "#1"
-        elif a < b:
             body = "#2"
+        elif a < b:
+            body = "#3"
         else:
-            body = "相同"
-        lines.append(f"\\newcommand{{\\{name}}}[2]{{{body}}}")
+            body = "#1"
+        lines.append(f"\\newcommand{{\\{name}}}[3][相同]{{{body}}}")
     full, fifty = _number(defined.get("StepsTimeFull")), _number(defined.get("StepsTimeFifty"))
     speedup = f"{full / fifty:.1f}" if full is not None and fifty else "—"
     lines.append(f"\\newcommand{{\\StepsSpeedup}}{{{speedup}}}")
@@ -221,6 +256,74 @@ def comparison_macros(defined: dict[str, str]) -> list[str]:
     both = r"\CondDatasetLabel" if cond == uncond else r"\CondDatasetLabel{} 与 \UncondDatasetLabel"
     lines.append(f"\\newcommand{{\\BothDatasetLabels}}{{{both}}}")
     return lines
+
+
+def tex_config_number(value) -> str:
+    """A configuration value as TeX that works in text and maths: 1e-4 -> ``\\ensuremath{10^{-4}}``,
+    2e-4 -> ``\\ensuremath{2\\times10^{-4}}``, 800000 -> ``800\\,000``, [16] -> ``16``, 0.9999 -> ``0.9999``."""
+    if isinstance(value, (list, tuple)):
+        return ", ".join(tex_config_number(v) for v in value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BuildError(f"configuration value {value!r} is not a number")
+    if isinstance(value, int) or float(value).is_integer() and abs(value) >= 1:
+        digits = f"{int(value):d}"
+        return digits if len(digits) <= 4 else f"{int(value):,}".replace(",", "\\,")
+    if value != 0 and abs(value) < 1e-3:
+        mantissa, exponent = f"{value:.0e}".split("e")
+        power = f"10^{{{int(exponent)}}}"
+        body = power if mantissa == "1" else mantissa + "\\times" + power
+        return f"\\ensuremath{{{body}}}"
+    return f"{value:g}"
+
+
+def config_macros(configs_dir: Path) -> list[str]:
+    """``\\newcommand`` lines for :data:`CONFIG_VALUES`, read from the YAML configurations."""
+    import yaml
+
+    loaded: dict[str, dict] = {}
+    lines = []
+    for macro, (name, key) in CONFIG_VALUES.items():
+        path = configs_dir / name
+        if name not in loaded:
+            if not path.is_file():
+                raise BuildError(f"configuration {path} is missing (the thesis quotes {key} from it)")
+            loaded[name] = yaml.safe_load(path.read_text(encoding="utf-8"))
+        value = loaded[name]
+        for part in key.split("."):
+            try:
+                value = value[int(part)] if isinstance(value, list) else value[part]
+            except (KeyError, IndexError, ValueError, TypeError):
+                raise BuildError(f"{path}: no value for {key} (the thesis quotes it as \\{macro})") from None
+        lines.append(f"\\newcommand{{\\{macro}}}{{{tex_config_number(value)}}}")
+    return lines
+
+
+# Constants of the code the text quotes: macro -> (source file, module-level name).
+CODE_VALUES = {
+    "CodeGroupNormGroups": ("diffusion/unet.py", "GROUPNORM_GROUPS"),
+    "CodeGroupNormEps": ("diffusion/unet.py", "GROUPNORM_EPS"),
+}
+
+
+def code_macros(repo: Path) -> list[str]:
+    """``\\newcommand`` lines for :data:`CODE_VALUES`, read (not imported) from the module sources."""
+    lines = []
+    for macro, (rel, name) in CODE_VALUES.items():
+        path = repo / rel
+        text = path.read_text(encoding="utf-8") if path.is_file() else ""
+        m = re.search(rf"^{name}\s*(?::[^=]*)?=\s*([-+0-9.eE]+)\s*(?:#.*)?$", text, flags=re.M)
+        if not m:
+            raise BuildError(f"{path}: no numeric module-level {name} (the thesis quotes it as \\{macro})")
+        value = float(m.group(1))
+        lines.append(f"\\newcommand{{\\{macro}}}{{{tex_config_number(int(value) if value.is_integer() else value)}}}")
+    return lines
+
+
+def guidance_macros(defined: dict[str, str]) -> list[str]:
+    r"""``\IfBestGuidanceIsDefault{same}{different}``: whether the sweep's best w is the preset default."""
+    best, default = _number(defined.get("BestGuidanceScale")), _number(defined.get("DefaultGuidanceScale"))
+    body = "#1" if best is not None and best == default else "#2"
+    return [f"\\newcommand{{\\IfBestGuidanceIsDefault}}[2]{{{body}}}"]
 
 
 def load_provenance(path: Path) -> dict[str, dict]:
@@ -252,6 +355,14 @@ def _field(rec: dict, *keys):
     return None
 
 
+def _display_label(label):
+    """A dataset label as the Chinese text shows it ("MNIST-5k at 16×16" -> "MNIST-5k（16×16）"), for
+    provenance records written before the notebooks wrote display labels; " / "-joined lists too."""
+    if not isinstance(label, str):
+        return label
+    return " / ".join(dict.fromkeys(_LABELS.dataset_label_zh(part.strip()) for part in label.split(" / ")))
+
+
 def _short_name(name: str) -> str:
     """Artefact key without folder or extension ('tables/hparams.tex' -> 'hparams')."""
     return Path(name).stem if "/" in name or "." in name else name
@@ -277,12 +388,29 @@ def _format_config(config) -> str:
     return text if len(text) <= 600 else text[:600] + " …"
 
 
+def is_dirty(rec: dict) -> bool:
+    """Whether an artefact was made from a working tree with uncommitted changes (the ``dirty`` field, or a
+    commit recorded as ``<hash>-dirty``)."""
+    commit = str(_field(rec, "commit", "git_commit", "git") or "")
+    return bool(rec.get("dirty")) or commit.endswith("-dirty")
+
+
 def provenance_tex(records: dict[str, dict], figs: list[str], tabs: list[str]) -> str:
-    """The appendix body: one entry per artefact the thesis uses, in order of appearance."""
+    """The appendix body: one entry per artefact the thesis uses, in order of appearance; a note first when
+    any of them was made from a working tree with uncommitted changes."""
     by_short = {}
     for name, rec in records.items():
         by_short.setdefault(_short_name(name), rec)
-    out = [r"\begin{description}[style=nextline,leftmargin=1.5em,font=\normalfont\ttfamily\small]",
+    used = [(records.get(n) or by_short.get(n)) for n in list(figs) + list(tabs)]
+    dirty = [rec for rec in used if rec is not None and is_dirty(rec)]
+    out = []
+    if dirty:
+        out.append(f"\\noindent\\textbf{{注意：}}正文所用的 {len(used)} 项产物中有 {len(dirty)} 项是在工作区含有未提交修改"
+                   "（dirty）时生成的（下文以“工作区有未提交修改”标出）。这些产物所用的代码与记录的 commit 不完全一致，"
+                   "不能仅凭该 commit 精确复现。\\par\\medskip")
+    else:
+        out.append("\\noindent 正文所用的全部产物都是在工作区没有未提交修改时生成的，可由记录的 commit 复现。\\par\\medskip")
+    out += [r"\begin{description}[style=nextline,leftmargin=1.5em,font=\normalfont\ttfamily\small]",
            r"\small\raggedright"]
     for kind, names in (("图", figs), ("表", tabs)):
         for name in names:
@@ -300,7 +428,7 @@ def provenance_tex(records: dict[str, dict], figs: list[str], tabs: list[str]) -
             items = [
                 ("notebook", _field(rec, "notebook")),
                 ("commit", str(commit)[:12] if commit and re.fullmatch(r"[0-9a-f]{13,}", str(commit)) else commit),
-                ("数据集", _field(rec, "dataset_label", "dataset", "data")),
+                ("数据集", _display_label(_field(rec, "dataset_label", "dataset", "data"))),
                 ("种子", _field(rec, "seed")),
                 ("设备", _field(rec, "device")),
                 ("torch", _field(rec, "torch_version", "torch")),
@@ -314,6 +442,8 @@ def provenance_tex(records: dict[str, dict], figs: list[str], tabs: list[str]) -
                 else:
                     parts.append(f"{key}：{tex_escape(value) if value is not None else '—'}")
             config = tex_escape(_format_config(_field(rec, "config", "config_path", "params")))
+            if is_dirty(rec):
+                parts.append("\\textbf{工作区有未提交修改}")
             out.append(f"\\item[{label}] " + "；".join(parts) + "。\\\\")
             out.append(f"{{\\footnotesize\\raggedright 配置：\\texttt{{{config}}}\\par}}")
     out.append(r"\end{description}")
@@ -338,10 +468,13 @@ def profile_tex(fig_dir: Path, build_dir: Path, contract, defined: dict[str, str
         lines.append(f"\\expandafter\\def\\csname nbfile@{name}\\endcsname{{{nb}.py}}")
         lines.append(f"\\expandafter\\def\\csname nbdisp@{name}\\endcsname{{{tex_escape(nb)}.py}}")
         rec = records.get(name) or by_short.get(name)
-        label = _field(rec, "dataset_label", "dataset") if rec else None
+        label = _display_label(_field(rec, "dataset_label", "dataset")) if rec else None
         if label:
             lines.append(f"\\expandafter\\def\\csname nbdata@{name}\\endcsname{{{tex_escape(label)}}}")
     lines += comparison_macros(defined)
+    lines += guidance_macros(defined)
+    lines += config_macros(REPO / "configs")
+    lines += code_macros(REPO)
     lines.append(f"\\addbibresource{{{tex_path(THESIS_DIR / 'references.bib')}}}")
     return "\n".join(lines) + "\n"
 

@@ -1,6 +1,6 @@
 """Run the notebooks headless for one profile and publish what the thesis reads into ``figures/<profile>/``.
 
-    python tools/make_figures.py --profile quick [--notebooks 04_training,05_guidance] [--force]
+    python tools/make_figures.py --profile quick [--notebooks 04_training,05_guidance] [--force] [--allow-dirty]
 
 For each notebook under ``notebooks/`` (Jupytext percent format), in order:
 
@@ -14,6 +14,12 @@ For each notebook under ``notebooks/`` (Jupytext percent format), in order:
 
 A failing notebook stops the run with exit status 1, naming the notebook and the failing cell; what was
 published before stays. ``gpu`` and ``full`` are refused on a machine without CUDA unless ``--force``.
+
+Provenance: the commit of the sources is taken once, as the run begins, and every artefact records it.
+A run from a tree whose sources differ from that commit (anything but the run outputs ``figures/<profile>/``,
+``build/`` and ``cache/``; untracked files count unless ignored) is refused with exit status 2 unless
+``--allow-dirty``; its artefacts then carry ``"dirty": true`` and the commit a ``-dirty`` suffix.
+The cache is ``$DDPM_CACHE_DIR`` when set, else ``<repository>/cache``.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from diffusion import report  # noqa: E402
+from diffusion.report.provenance import (COMMIT_ENV, DIRTY_ENV, commit_label, run_source_state,  # noqa: E402
+                                         source_state)
 
 GPU_PROFILES = ("gpu", "full")
 
@@ -124,6 +132,17 @@ def run_notebook(name: str, params: dict, notebooks_dir: Path, build_dir: Path, 
     return nb_out
 
 
+def _is_dirty(entry: dict) -> bool:
+    return bool(entry.get("dirty", str(entry.get("git_commit", "")).endswith("-dirty")))
+
+
+def _short_commit(entry: dict) -> str:
+    """The first 10 hex digits of an entry's commit (``unknown`` without one), keeping its ``-dirty`` mark."""
+    commit = entry["git_commit"].removesuffix("-dirty")
+    short = commit[:10] if all(c in "0123456789abcdef" for c in commit) and commit else "unknown"
+    return short + ("-dirty" if _is_dirty(entry) and short != "unknown" else "")
+
+
 def _merge(folder: Path, profile: str, names_order: list[str]) -> None:
     """Rebuild numbers.tex, provenance.json and tables/provenance.tex of ``folder`` from its fragments."""
     fragments = sorted((folder / "numbers").glob("*.tex"), key=lambda p: p.stem)
@@ -145,15 +164,20 @@ def _merge(folder: Path, profile: str, names_order: list[str]) -> None:
         entries += part
         if part:
             notebooks[frag.stem] = {"wall_time_s": max(e["wall_time_s"] for e in part),
-                                    "git_commit": part[0]["git_commit"], "device": part[0]["device"]}
+                                    "git_commit": part[0]["git_commit"], "dirty": any(map(_is_dirty, part)),
+                                    "device": part[0]["device"]}
+    for e in entries:
+        e["dirty"] = _is_dirty(e)
     (folder / "provenance.json").write_text(json.dumps(
         {"profile": profile, "merged_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-         "notebooks": notebooks, "artefacts": entries}, indent=1, ensure_ascii=False), encoding="utf-8")
+         "dirty": any(e["dirty"] for e in entries), "notebooks": notebooks, "artefacts": entries},
+        indent=1, ensure_ascii=False), encoding="utf-8")
 
-    rows = [[e["artefact"], e["kind"], e["notebook"], e["dataset"] or "--", e["git_commit"][:10],
+    rows = [[e["artefact"], e["kind"], e["notebook"], e["dataset"] or "--", _short_commit(e),
              e["device"], f"{e['wall_time_s']:.0f}"] for e in entries if e["kind"] in ("figure", "table")]
-    rows.append(["provenance", "table", "make figures", "--", rows[0][4] if rows else report.git_commit()[:10],
-                 "--", "--"])
+    rows.append(["provenance", "table", "make figures", "--",
+                 rows[0][4] if rows else _short_commit({"git_commit": commit_label(run_source_state())}), "--",
+                 "--"])
     tab = report.booktabs_tabular(["artefact", "kind", "notebook", "dataset", "commit", "device", "time (s)"],
                                   rows, align="lllllp{4cm}r")
     if profile == "smoke":
@@ -204,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-root", default=os.environ.get("DDPM_DATA_ROOT"),
                     help="folder of the offline dataset copies (default $DDPM_DATA_ROOT)")
     ap.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    ap.add_argument("--allow-dirty", action="store_true", help="run although the sources differ from the "
+                    "commit (the artefacts are then marked dirty); make figures ALLOW_DIRTY=1")
     ap.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -222,6 +248,21 @@ def main(argv: list[str] | None = None) -> int:
                   "pass for GPU results); use --force to override", file=sys.stderr)
             return 2
 
+    source = source_state(root)  # the commit as the run begins: every notebook records this one
+    if source["dirty"] and not args.allow_dirty:
+        shown = "".join(f"\n  {p}" for p in source["changed"][:15])
+        more = f"\n  ... and {len(source['changed']) - 15} more" if len(source["changed"]) > 15 else ""
+        print(f"refusing to write figures/{args.profile}: the sources differ from commit {source['commit']}, so "
+              f"its artefacts could not be reproduced from it. Commit first, or pass --allow-dirty "
+              f"(make figures ALLOW_DIRTY=1) to mark every artefact dirty. Differences:{shown}{more}",
+              file=sys.stderr)
+        return 2
+    os.environ[COMMIT_ENV], os.environ[DIRTY_ENV] = source["commit"], "1" if source["dirty"] else "0"
+    if source["dirty"]:
+        print(f"[make figures] the sources differ from {source['commit']}: artefacts are marked dirty",
+              file=sys.stderr)
+    cache_dir = Path(os.environ.get("DDPM_CACHE_DIR") or root / "cache").resolve()
+
     build_dir = root / "build" / "notebooks" / args.profile
     build_dir.mkdir(parents=True, exist_ok=True)
     kernel = _kernel_name(args.kernel)
@@ -229,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.data_root:
         os.environ["DDPM_DATA_ROOT"] = str(Path(args.data_root).resolve())
     os.environ.setdefault("MPLBACKEND", "Agg")
+    os.environ["DDPM_PROGRESS"] = "text"  # plain-text progress bars in the executed notebooks (diffusion.progress)
 
     timings: list[tuple[str, float, str]] = []
     failed: NotebookFailed | None = None
@@ -239,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(stage)
         stage.mkdir(parents=True)
         params = {**prof.get("common", {}), **(prof.get("notebooks", {}).get(name) or {}),
-                  "profile": args.profile, "out_dir": str(stage), "cache_dir": str(root / "cache")}
+                  "profile": args.profile, "out_dir": str(stage), "cache_dir": str(cache_dir)}
         print(f"[make figures] {args.profile}: running {name} ...", flush=True)
         t0 = time.perf_counter()
         try:

@@ -1,13 +1,17 @@
-"""Where evaluation results that are expensive to recompute live on disk.
+"""Where evaluation results that are expensive to recompute live on disk, and their keys.
 
 The directory is the package's cache (``$DDPM_CACHE`` when set, else ``<repository>/cache``, see
-:func:`diffusion.data.resolve_cache_dir`). Entries are keyed by the dataset's name and content digest
-(and hyper-parameters where they matter), so a changed dataset never reuses a stale entry.
+:func:`diffusion.data.resolve_cache_dir`). A key covers everything that determines the stored result: the
+caller's parts (dataset name and content digest, split size, ...), its parameters (hyper-parameters,
+the Inception weights' SHA-256), the source digest of the modules that compute it (with everything they
+import from the package, :func:`diffusion.report.cache.source_digest`) and the torch version. A changed
+dataset, setting, weights file or line of code therefore never reuses a stale entry.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..data import resolve_cache_dir
@@ -20,10 +24,17 @@ def cache_dir(kind: str) -> Path:
     return path
 
 
-def cache_key(*parts, params: dict | None = None) -> str:
-    """A file-name-safe key: the given parts joined by ``-`` plus a short hash of ``params``."""
+def cache_key(*parts, modules: Sequence[str], params: dict | None = None) -> str:
+    """A file-name-safe key: the given parts joined by ``-`` plus a short hash of ``params``, the source
+    digest of ``modules`` (``"diffusion.metrics.fid"``: the code that computes the entry) and the torch
+    version."""
+    import torch
+
+    from ..report.cache import source_digest
+
+    if isinstance(modules, str) or not modules:
+        raise ValueError(f"modules must name the modules that compute the entry, got {modules!r}")
     key = "-".join(str(p).replace("/", "_").replace(" ", "_") for p in parts)
-    if params:
-        blob = json.dumps(params, sort_keys=True, default=str).encode()
-        key += "-" + hashlib.sha256(blob).hexdigest()[:12]
-    return key
+    blob = json.dumps({"params": params or {}, "sources": source_digest(list(modules)),
+                       "torch": str(torch.__version__)}, sort_keys=True, default=str).encode()
+    return key + "-" + hashlib.sha256(blob).hexdigest()[:16]

@@ -10,7 +10,8 @@ feature distance) shows what guidance costs. Every result carries the classifier
 accuracy, since a proxy is only as good as its classifier.
 
 Trained classifiers are cached under ``<cache>/classifier`` keyed by dataset name, digests of both
-splits and the hyper-parameters.
+splits, the hyper-parameters and the source digest of this module and what it imports (:mod:`.cache`), so
+a change to the network or its training never reuses a stale classifier.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from diffusion.progress import tqdm
 
 from ..data import to_model_range
 from .cache import cache_dir, cache_key
@@ -182,10 +183,12 @@ def _train(train, test, cfg: ClassifierConfig, device: torch.device, progress: b
 
 def cached_classifier(train, test, config: ClassifierConfig | None = None, device=None, progress: bool = True,
                       retrain: bool = False) -> ProxyClassifier:
-    """:func:`train_classifier` with an on-disk cache keyed by dataset name, both splits' digests and ``config``."""
+    """:func:`train_classifier` with an on-disk cache keyed by dataset name, both splits' digests, ``config``,
+    the device type it is trained on and the source digest of this module (see :mod:`.cache`)."""
     cfg = config or DEFAULT_CONFIGS.get(train.name, ClassifierConfig())
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    key = cache_key(train.name, train.digest, test.digest, params=asdict(cfg))
+    key = cache_key(train.name, train.digest, test.digest, params={**asdict(cfg), "device": device.type},
+                    modules=["diffusion.metrics.classifier"])
     path = Path(cache_dir("classifier")) / f"{key}.pt"
     if path.is_file() and not retrain:
         state = torch.load(path, map_location=device, weights_only=True)

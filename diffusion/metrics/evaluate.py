@@ -3,7 +3,9 @@
 Metrics (names as on the command line):
 
 - ``fid``, ``is``: FID and Inception Score with pytorch-fid's official Inception weights (section 4.1.3);
-  ``fid`` against the training split's cached statistics.
+  ``fid`` against the training split's cached statistics; ``is`` as openai/improved-gan computes it (10
+  splits, bias-free logits, :mod:`.inception_score`), recorded with its ``n`` and ``reportable`` (False,
+  with a warning, below 5,000 samples); fewer than 20 samples are refused for ``is``.
 - ``cfd``: classifier FD against the held-out split (offline proxy, :mod:`.classifier`; not FID).
 - ``accuracy``: conditional accuracy of class-conditional samples (balanced classes).
 - ``diversity``: within-class classifier-feature diversity of class-conditional samples.
@@ -81,7 +83,8 @@ def evaluate(model, diffusion, data_name: str, metrics=DEFAULT_METRICS, num_samp
         sampler, steps, eta, guidance_scale: passed to ``diffusion.samplers.sample`` (guidance needs a
             class-conditional model).
         bpd_images: held-out images for ``bpd`` (a seeded random subset of the test split).
-        allow_download: let pytorch-fid download the Inception weights if absent.
+        allow_download: download the Inception weights if absent (``False``: never touch the network;
+            the command line's ``--no-download``).
         out_json: if given, the result is also written there as JSON.
 
     Returns a dict with the dataset label, sampler settings, ``metrics`` (one entry per name) and
@@ -91,10 +94,16 @@ def evaluate(model, diffusion, data_name: str, metrics=DEFAULT_METRICS, num_samp
     """
     from ..data import load_dataset
     from .inception import InceptionWeightsMissing, load_inception, weights_path
+    from .inception_score import DEFAULT_SPLITS, check_splits
 
     names = parse_metrics(metrics)
     if not isinstance(num_samples, int) or num_samples < 2:
         raise ValueError(f"num_samples must be an integer >= 2, got {num_samples!r}")
+    if "is" in names:
+        try:
+            check_splits(num_samples, DEFAULT_SPLITS)
+        except ValueError as err:
+            raise ValueError(f"num_samples: {err}") from None
     if batch_size < 1 or bpd_images < 1 or bpd_batch_size < 1:
         raise ValueError(f"batch_size, bpd_images and bpd_batch_size must be positive, got {batch_size}, "
                          f"{bpd_images}, {bpd_batch_size}")
@@ -161,18 +170,21 @@ def evaluate(model, diffusion, data_name: str, metrics=DEFAULT_METRICS, num_samp
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is biased.*")
+        warnings.filterwarnings("ignore", message="Inception Score from N=")  # recorded as a note below
         if net is not None:
             from .fid import activation_statistics, frechet_distance, reference_statistics
             from .inception import inception_features_and_logits
-            from .inception_score import inception_score
+            from .inception_score import MIN_REPORTABLE_SAMPLES, inception_score_record
 
             feats, logits = inception_features_and_logits(samples, net, progress=progress)
             if "fid" in names:
                 mu_ref, sigma_ref = reference_statistics(train, net, progress=progress)
                 results["fid"] = frechet_distance(*activation_statistics(feats), mu_ref, sigma_ref)
             if "is" in names:
-                mean, std = inception_score(logits, splits=min(10, num_samples))
-                results["is"] = {"mean": mean, "std": std}
+                results["is"] = inception_score_record(logits, DEFAULT_SPLITS)
+                if not results["is"]["reportable"]:
+                    note(f"Inception Score from {num_samples} < {MIN_REPORTABLE_SAMPLES} samples is not "
+                         "reportable (reportable: false); published values use 50,000")
         if clf is not None:
             from .classifier import class_diversity, classifier_fd, conditional_accuracy
 

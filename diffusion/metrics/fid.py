@@ -10,7 +10,8 @@ root of the product by ``scipy.linalg.sqrtm``; a small ``eps`` added to both dia
 root is not finite; a negligible imaginary part dropped). The same function gives the offline
 "classifier FD" of :mod:`.classifier` on other features.
 
-Reference statistics of a dataset split are cached on disk keyed by dataset name and content digest.
+Reference statistics of a dataset split are cached on disk keyed by dataset name and content digest,
+the Inception weights' SHA-256 and the source digest of the code computing them (:mod:`.cache`).
 """
 from __future__ import annotations
 
@@ -90,8 +91,11 @@ def cached_statistics(key: str, compute: Callable[[], tuple[np.ndarray, np.ndarr
 
 def reference_statistics(data, net: FIDInception, batch_size: int = 50, progress: bool = True,
                          ) -> tuple[np.ndarray, np.ndarray]:
-    """Inception statistics (μ, Σ) of a dataset split (an ``ImageData``), cached by name, split size and digest."""
-    key = cache_key(data.name, data.split, len(data.images), data.digest, f"inception{FEATURE_DIM}")
+    """Inception statistics (μ, Σ) of a dataset split (an ``ImageData``), cached under a key of its name,
+    split, size and content digest, the weights file's SHA-256 (``net.weights_sha256``) and the sources of
+    this module and what it imports (the network, the pixel conversion)."""
+    key = cache_key(data.name, data.split, len(data.images), data.digest, f"inception{FEATURE_DIM}",
+                    params={"weights_sha256": net.weights_sha256}, modules=["diffusion.metrics.fid"])
     return cached_statistics(key, lambda: activation_statistics(
         inception_features_and_logits(data.images, net, batch_size, progress)[0]))
 

@@ -7,7 +7,7 @@ floats in [-1, 1] are quantised to uint8 first, as saved images would be.
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
+from diffusion.progress import tqdm
 
 from .images import to_uint8
 

@@ -10,7 +10,7 @@ bound is a code length for); floats in [-1, 1] are quantised first.
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
+from diffusion.progress import tqdm
 
 from ..data import to_model_range
 from .images import to_uint8

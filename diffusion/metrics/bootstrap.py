@@ -1,0 +1,169 @@
+"""Percentile bootstrap confidence intervals for the proxy metrics (classifier FD, classifier KID,
+conditional accuracy).
+
+The generated samples are the random part of every proxy number: a setting's n samples are resampled with
+replacement B times (a seeded ``numpy.random.Generator``), the statistic is recomputed on each resample, and
+the (1−level)/2 and (1+level)/2 quantiles of the B values are the interval (the percentile bootstrap,
+Efron & Tibshirani 1993, ch. 13). The reference statistics (held-out images, thousands of them) are held
+fixed. The interval describes the spread of the statistic *at this n*: the Fréchet distance is biased
+upwards at small n (and a resample's repeated points bias it further), so intervals of FDs are only
+comparable between rows with the same n, which is why every table prints n.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .fid import activation_statistics, frechet_distance
+from .kid import KidToReference
+
+__all__ = ["FrechetToReference", "bootstrap_ci", "bootstrap_difference_ci", "format_ci", "proxy_metrics_ci"]
+
+DEFAULT_RESAMPLES = 1000
+
+
+def bootstrap_ci(values, statistic: Callable[[np.ndarray], float], *, num_resamples: int = DEFAULT_RESAMPLES,
+                 level: float = 0.95, seed: int = 0) -> dict:
+    """Percentile bootstrap interval of ``statistic(values)``, resampling the rows (axis 0) of ``values``.
+
+    Args:
+        values: array (n, ...) of per-sample values (features, 0/1 correctness, ...), n >= 2.
+        statistic: maps an array shaped like ``values`` to a float.
+        num_resamples: B, the number of resamples (>= 10).
+        level: coverage of the interval, in (0, 1).
+        seed: seed of the ``numpy.random.Generator`` drawing the resamples (same seed: same interval).
+
+    Returns:
+        ``{"estimate": statistic(values), "low", "high", "level", "num_resamples", "n"}``.
+    """
+    values = np.asarray(values)
+    if values.ndim < 1 or values.shape[0] < 2:
+        raise ValueError(f"values must hold at least two samples along axis 0, got shape {values.shape}")
+    if isinstance(num_resamples, bool) or not isinstance(num_resamples, int) or num_resamples < 10:
+        raise ValueError(f"num_resamples must be an integer >= 10, got {num_resamples!r}")
+    if not 0.0 < float(level) < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level!r}")
+    n = values.shape[0]
+    rng = np.random.default_rng(seed)
+    reps = np.array([statistic(values[rng.integers(0, n, n)]) for _ in range(num_resamples)], dtype=np.float64)
+    low, high = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
+    return {"estimate": float(statistic(values)), "low": float(low), "high": float(high), "level": float(level),
+            "num_resamples": num_resamples, "n": n}
+
+
+def bootstrap_difference_ci(values_a, values_b, statistic: Callable[[np.ndarray], float], *,
+                            statistic_b: Callable[[np.ndarray], float] | None = None,
+                            num_resamples: int = DEFAULT_RESAMPLES, level: float = 0.95, seed: int = 0) -> dict:
+    """Percentile bootstrap interval of statistic(values_a) − statistic_b(values_b) (``statistic_b``
+    defaults to ``statistic``) for two *independent* sets of samples (e.g. two models' features), each
+    resampled on its own; the difference is significant at this level when the interval excludes 0
+    (``"excludes_zero"``).
+
+    Returns ``{"estimate", "low", "high", "level", "num_resamples", "n_a", "n_b", "excludes_zero"}``.
+    """
+    values_a, values_b = np.asarray(values_a), np.asarray(values_b)
+    for name, v in (("values_a", values_a), ("values_b", values_b)):
+        if v.ndim < 1 or v.shape[0] < 2:
+            raise ValueError(f"{name} must hold at least two samples along axis 0, got shape {v.shape}")
+    if isinstance(num_resamples, bool) or not isinstance(num_resamples, int) or num_resamples < 10:
+        raise ValueError(f"num_resamples must be an integer >= 10, got {num_resamples!r}")
+    if not 0.0 < float(level) < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level!r}")
+    na, nb = values_a.shape[0], values_b.shape[0]
+    stat_b = statistic if statistic_b is None else statistic_b
+    rng = np.random.default_rng(seed)
+    reps = np.array([statistic(values_a[rng.integers(0, na, na)]) - stat_b(values_b[rng.integers(0, nb, nb)])
+                     for _ in range(num_resamples)], dtype=np.float64)
+    low, high = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
+    return {"estimate": float(statistic(values_a) - stat_b(values_b)), "low": float(low), "high": float(high),
+            "level": float(level), "num_resamples": num_resamples, "n_a": na, "n_b": nb,
+            "excludes_zero": bool(low > 0 or high < 0)}
+
+
+class FrechetToReference:
+    """The Fréchet distance of :func:`.fid.frechet_distance` from features (n, D) to a fixed Gaussian
+    N(μ_ref, Σ_ref), fast enough to be recomputed a thousand times.
+
+    With S = Σ_ref^{1/2} and A the centred features, Σ = AᵀA/(n−1) and the eigenvalues of SΣS equal
+    those of ΣΣ_ref, so Tr((ΣΣ_ref)^{1/2}) = Σ_i √λ_i(SΣS); the non-zero λ_i are those of the n×n matrix
+    (AS)(AS)ᵀ/(n−1).
+    """
+
+    def __init__(self, mu_ref, sigma_ref):
+        self.mu_ref = np.asarray(mu_ref, dtype=np.float64)
+        sigma_ref = np.asarray(sigma_ref, dtype=np.float64)
+        if self.mu_ref.ndim != 1 or sigma_ref.shape != (self.mu_ref.shape[0],) * 2:
+            raise ValueError(f"mu_ref must be (D,) and sigma_ref (D, D), got {self.mu_ref.shape} and {sigma_ref.shape}")
+        lam, vec = np.linalg.eigh((sigma_ref + sigma_ref.T) / 2)
+        self.sqrt_ref = (vec * np.sqrt(np.clip(lam, 0.0, None))) @ vec.T
+        self.trace_ref = float(np.trace(sigma_ref))
+
+    @classmethod
+    def from_features(cls, features) -> "FrechetToReference":
+        return cls(*activation_statistics(features))
+
+    def __call__(self, features) -> float:
+        f = np.asarray(features, dtype=np.float64)
+        if f.ndim != 2 or f.shape[0] < 2 or f.shape[1] != self.mu_ref.shape[0]:
+            raise ValueError(f"features must be (n >= 2, {self.mu_ref.shape[0]}), got {f.shape}")
+        n = f.shape[0]
+        mu = f.mean(axis=0)
+        a = (f - mu) @ self.sqrt_ref / np.sqrt(n - 1)
+        small = a @ a.T if n <= f.shape[1] else a.T @ a
+        lam = np.clip(np.linalg.eigvalsh(small), 0.0, None)
+        diff = mu - self.mu_ref
+        trace_sigma = float(((f - mu) ** 2).sum() / (n - 1))
+        return float(diff @ diff + trace_sigma + self.trace_ref - 2.0 * np.sqrt(lam).sum())
+
+
+def proxy_metrics_ci(features, reference_features, correct=None, *, num_resamples: int = DEFAULT_RESAMPLES,
+                     level: float = 0.95, seed: int = 0) -> dict:
+    """Classifier FD, classifier KID and (if ``correct``, 0/1 per sample, is given) conditional accuracy
+    of one set of samples, each with its percentile bootstrap interval (:func:`bootstrap_ci`, same seed).
+
+    Args:
+        features: the samples' classifier features (n, D).
+        reference_features: the held-out images' features (N, D), held fixed.
+        correct: optional (n,) 0/1: sample i is classified as the class it was generated for.
+
+    Returns:
+        ``{"n", "cfd": ci, "kid": ci[, "acc": ci (in percent)]}`` with ``ci`` as :func:`bootstrap_ci` returns.
+    """
+    features = np.asarray(features, dtype=np.float64)
+    reference_features = np.asarray(reference_features, dtype=np.float64)
+    if features.ndim != 2 or reference_features.ndim != 2 or features.shape[1] != reference_features.shape[1]:
+        raise ValueError(f"features and reference_features must be (n, D) and (N, D) with the same D, got "
+                         f"{features.shape} and {reference_features.shape}")
+    kw = dict(num_resamples=num_resamples, level=level, seed=seed)
+    out = {"n": len(features),
+           "cfd": bootstrap_ci(features, FrechetToReference.from_features(reference_features), **kw),
+           "kid": bootstrap_ci(np.arange(len(features)), KidToReference(reference_features).on_indices(features), **kw)}
+    if correct is not None:
+        correct = np.asarray(correct, dtype=np.float64).reshape(-1)
+        if correct.shape != (len(features),):
+            raise ValueError(f"correct must hold one 0/1 value per sample, shape ({len(features)},), got "
+                             f"{correct.shape}")
+        out["acc"] = bootstrap_ci(100.0 * correct, np.mean, **kw)
+    return out
+
+
+def ci_decimals(ci: dict, digits: int = 3) -> int:
+    """Decimals that show the interval's width to ``digits`` significant digits (0 for wide intervals, 1 for
+    an interval of zero width)."""
+    width = abs(ci["high"] - ci["low"])
+    if not np.isfinite(width) or width == 0:
+        return 1
+    return max(0, digits - 1 - int(np.floor(np.log10(width))))
+
+
+def format_ci(ci: dict, fmt: str | None = None, part: str = "all") -> str:
+    """"estimate [low, high]" of a :func:`bootstrap_ci` result, each number formatted with ``fmt``
+    (default: fixed-point with :func:`ci_decimals` decimals); ``part`` "estimate" or "interval" gives
+    only "estimate" or only "[low, high]" (same formatting)."""
+    if part not in ("all", "estimate", "interval"):
+        raise ValueError(f"part must be 'all', 'estimate' or 'interval', got {part!r}")
+    fmt = fmt or f"{{:.{ci_decimals(ci)}f}}"
+    estimate, interval = fmt.format(ci["estimate"]), f"[{fmt.format(ci['low'])}, {fmt.format(ci['high'])}]"
+    return {"all": f"{estimate} {interval}", "estimate": estimate, "interval": interval}[part]

@@ -1,0 +1,181 @@
+"""The content-keyed cache of expensive notebook work (training, sampling, feature statistics).
+
+A result is stored under ``cache/<profile>/<kind>/<key>/``, where the key is a SHA-256 of the producing
+notebook's name, the sources of the ``diffusion`` modules the work depends on (with everything they import
+from the package), the torch version, the configuration and the data digest. A changed input gives a new key, so an entry is
+never reused for inputs it was not computed from.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diffusion.report.paths import PACKAGE_DIR, check_profile, repo_root
+from diffusion.report.provenance import jsonable, torch_version
+
+
+
+def _is_report(path: Path) -> bool:
+    """Whether ``path`` belongs to ``diffusion.report`` (style, writers, cache mechanics: never hashed)."""
+    return path.resolve().is_relative_to((PACKAGE_DIR / "report").resolve())
+
+
+def _module_path(name: str) -> Path | None:
+    parts = name.split(".")
+    if parts[0] != "diffusion":
+        return None
+    base = PACKAGE_DIR.joinpath(*parts[1:])
+    for cand in (base.with_suffix(".py"), base / "__init__.py"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def _imports(path: Path) -> set[str]:
+    """``diffusion`` modules imported anywhere in the file (including relative imports)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    pkg = "diffusion" + "".join("." + p for p in path.relative_to(PACKAGE_DIR).parent.parts)
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] == "diffusion")
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            if mod.split(".")[0] != "diffusion":
+                continue
+            found.add(mod)
+            found.update(f"{mod}.{a.name}" for a in node.names)  # "from diffusion import unet"
+    return found
+
+
+def source_digest(modules: Sequence[str] | None = None) -> str:
+    """SHA-256 of the sources the cached work depends on.
+
+    The ``diffusion.report`` package is never hashed: it holds only the style, writers and cache
+    mechanics, which never change a cached result. ``modules=None`` hashes every other ``diffusion/**/*.py``. Otherwise the named modules (``"diffusion.train"``)
+    and, transitively, every ``diffusion`` module they import are hashed, so an edit to an unrelated
+    module (say, the metrics) leaves a training entry valid.
+    """
+    if modules is None:
+        files = sorted(p for p in PACKAGE_DIR.rglob("*.py") if not _is_report(p))
+    else:
+        for name in modules:
+            if _module_path(name) is None:
+                raise ValueError(f"modules: no source for {name!r} under {PACKAGE_DIR}")
+        todo = list(modules)
+        seen: dict[str, Path] = {}
+        while todo:
+            name = todo.pop()
+            path = _module_path(name)
+            if name in seen or path is None:  # None: "from diffusion.x import function" names no module
+                continue
+            if _is_report(path):  # writers only; never changes a result
+                continue
+            seen[name] = path
+            todo.append(name.rsplit(".", 1)[0])  # the parent package runs on import too
+            todo.extend(_imports(path))
+        files = sorted(set(seen.values()))
+    h = hashlib.sha256()
+    for path in files:
+        h.update(str(path.relative_to(PACKAGE_DIR)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def data_digest(images: Any, labels: Any = None, name: str = "") -> str:
+    """SHA-256 of a dataset's pixels (and labels, and name): the data part of a cache key."""
+    h = hashlib.sha256(name.encode() + b"\0")
+    for arr in (images, labels):
+        if arr is None:
+            continue
+        a = arr.detach().cpu().numpy() if hasattr(arr, "detach") else np.asarray(arr)
+        h.update(str(a.dtype).encode() + str(a.shape).encode() + np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class CacheEntry:
+    """A finished cache entry: its folder, its key, the stored result, and whether it was reused."""
+
+    path: Path
+    key: str
+    result: dict
+    hit: bool
+
+
+def _store_result(path: Path, result: Mapping | None) -> None:
+    result = dict(result or {})
+    arrays = {k: v for k, v in result.items() if isinstance(v, np.ndarray)}
+    rest = {k: v for k, v in result.items() if k not in arrays}
+    if arrays:
+        np.savez(path / "arrays.npz", **arrays)
+    (path / "result.json").write_text(json.dumps(jsonable(rest), indent=1, sort_keys=True))
+
+
+def _load_result(path: Path) -> dict:
+    result = json.loads((path / "result.json").read_text())
+    if (path / "arrays.npz").is_file():
+        with np.load(path / "arrays.npz", allow_pickle=False) as z:
+            result.update({k: z[k] for k in z.files})
+    return result
+
+
+def cache_key(key_parts: Mapping[str, Any], notebook: str, modules: Sequence[str] | None = None) -> tuple[str, dict]:
+    """(key, described inputs): SHA-256 over the notebook name, :func:`source_digest`, the torch version
+    and ``key_parts`` (config, data digest, seeds, ...), serialised as canonical JSON."""
+    if not isinstance(key_parts, Mapping):
+        raise ValueError(f"key_parts must be a dict of what determines the work, got {type(key_parts).__name__}")
+    inputs = {"notebook": notebook, "sources": source_digest(modules),
+              "modules": sorted(modules) if modules is not None else "diffusion/**",
+              "torch": torch_version(), "parts": jsonable(key_parts)}
+    blob = json.dumps(inputs, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:24], inputs
+
+
+def cached(key_parts: Mapping[str, Any], fn: Callable[[Path], Mapping | None], kind: str, *,
+           notebook: str, profile: str, cache_root: Path | str | None = None,
+           modules: Sequence[str] | None = None) -> CacheEntry:
+    """Run ``fn(work_dir)`` once per distinct input and reuse its result afterwards.
+
+    ``fn`` writes files (checkpoints, npz) into ``work_dir`` and returns a dict; numpy arrays in it are
+    stored in ``arrays.npz``, everything else as JSON. The entry lives in
+    ``<cache_root>/<profile>/<kind>/<key>/`` (``cache_root`` defaults to ``$DDPM_CACHE_DIR`` or
+    ``<repo>/cache``). It is built in ``<key>.partial/`` and renamed into place only when ``fn`` returned,
+    so an interrupted run never leaves an entry that looks finished; a rerun passes the same ``.partial``
+    folder to ``fn`` again, which may resume from what it finds there (the training of the ``full``
+    profile does).
+    """
+    check_profile(profile)
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", kind or ""):
+        raise ValueError(f"kind must be a non-empty name of letters, digits, '-' or '_', got {kind!r}")
+    key, inputs = cache_key(key_parts, notebook, modules)
+    root = Path(cache_root or os.environ.get("DDPM_CACHE_DIR") or repo_root() / "cache")
+    final = root / profile / kind / key
+    if (final / "result.json").is_file():
+        return CacheEntry(final, key, _load_result(final), True)
+    partial = final.with_name(key + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    (partial / "inputs.json").write_text(json.dumps(inputs, indent=1, sort_keys=True))
+    result = fn(partial)
+    _store_result(partial, result)
+    if final.exists():  # a concurrent run finished first; keep its entry
+        shutil.rmtree(partial)
+    else:
+        os.replace(partial, final)
+    return CacheEntry(final, key, _load_result(final), False)
+
+

@@ -1,0 +1,155 @@
+"""The Inception weights file: SHA-256 checked against the prefix in its name before use, downloads with a
+timeout that leave no partial file behind, no download when disabled, messages on stderr only."""
+from __future__ import annotations
+
+import hashlib
+import http.server
+import os
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from diffusion.metrics import inception
+from diffusion.metrics.inception import (InceptionWeightsCorrupt, InceptionWeightsMissing, download_weights,
+                                         ensure_weights, load_inception, verify_weights, weights_path)
+
+PAYLOAD = b"not really inception weights\n" * 1000
+PREFIX = hashlib.sha256(PAYLOAD).hexdigest()[:8]
+
+
+@pytest.fixture
+def server():
+    """A local HTTP server: /good serves PAYLOAD, /bad other bytes, /stall half the bytes then hangs."""
+    release = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            body = {"/good": PAYLOAD, "/bad": PAYLOAD[::-1] + b"x", "/stall": PAYLOAD}.get(self.path)
+            if body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.path == "/stall":
+                self.wfile.write(body[: len(body) // 2])
+                self.wfile.flush()
+                release.wait(10)
+                return
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    release.set()
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_weights_url_is_pytorch_fids():
+    from pytorch_fid.inception import FID_WEIGHTS_URL
+
+    assert inception.WEIGHTS_URL == FID_WEIGHTS_URL
+    assert FID_WEIGHTS_URL.endswith("/" + inception.WEIGHTS_FILENAME)
+
+
+def test_verify_weights_checks_the_prefix_in_the_name(tmp_path):
+    good = tmp_path / f"weights-{PREFIX}.pth"
+    good.write_bytes(PAYLOAD)
+    assert verify_weights(str(good)) == hashlib.sha256(PAYLOAD).hexdigest()
+    bad = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    bad.write_bytes(PAYLOAD)
+    with pytest.raises(InceptionWeightsCorrupt, match="fail the integrity check.*does not start with 6726825d"):
+        verify_weights(str(bad))
+    unnamed = tmp_path / "weights.pth"
+    unnamed.write_bytes(PAYLOAD)
+    with pytest.raises(InceptionWeightsCorrupt, match="no SHA-256 prefix"):
+        verify_weights(str(unnamed))
+    assert issubclass(InceptionWeightsCorrupt, ValueError)  # the command line reports it in one line
+
+
+def test_corrupt_cached_weights_are_refused_before_use(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    os.makedirs(os.path.dirname(weights_path()))
+    with open(weights_path(), "wb") as f:
+        f.write(b"truncated")
+    with pytest.raises(InceptionWeightsCorrupt) as info:
+        load_inception("cpu", allow_download=False)
+    assert weights_path() in str(info.value) and "delete it and download" in str(info.value)
+
+
+def test_download_verifies_and_renames_into_place(tmp_path, server, capsys):
+    path = tmp_path / "ckpt" / f"weights-{PREFIX}.pth"
+    assert download_weights(str(path), f"{server}/good", timeout=5) == hashlib.sha256(PAYLOAD).hexdigest()
+    assert path.read_bytes() == PAYLOAD and os.listdir(path.parent) == [path.name]
+    out, err = capsys.readouterr()
+    assert out == "" and "downloading" in err
+
+
+@pytest.mark.parametrize("route, error, match", [
+    ("/bad", InceptionWeightsCorrupt, "downloaded from http.*/bad fails the integrity check.*nothing was kept"),
+    ("/missing", InceptionWeightsMissing, "download failed.*404"),
+    ("/stall", InceptionWeightsMissing, "download failed.*timed out"),
+])
+def test_failed_download_leaves_nothing_behind(tmp_path, server, route, error, match):
+    path = tmp_path / f"weights-{PREFIX}.pth"
+    t0 = time.monotonic()
+    with pytest.raises(error, match=match):
+        download_weights(str(path), server + route, timeout=0.5)
+    assert time.monotonic() - t0 < 8  # the read timeout ends the stalled transfer
+    assert os.listdir(tmp_path) == []
+
+
+def test_no_download_when_disabled(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the network was touched")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    with pytest.raises(InceptionWeightsMissing, match="downloads disabled"):
+        ensure_weights(allow_download=False)
+    assert not os.path.exists(tmp_path / "hub")
+
+
+def test_truncated_transfer_is_a_missing_weights_error(tmp_path):
+    """A server that closes the connection before Content-Length bytes: no file, a clear error."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve():
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+        conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    path = tmp_path / f"weights-{PREFIX}.pth"
+    with pytest.raises(InceptionWeightsMissing, match="download failed: the connection closed after 10 of 1000"):
+        download_weights(str(path), f"http://127.0.0.1:{listener.getsockname()[1]}/w", timeout=5)
+    thread.join(5)
+    listener.close()
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(ValueError, match="timeout"):
+        download_weights(str(path), "http://127.0.0.1:1/w", timeout=0)
+
+
+def test_ensure_weights_downloads_once_into_the_hub_cache(tmp_path, server, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(inception, "WEIGHTS_FILENAME", f"weights-{PREFIX}.pth")
+    monkeypatch.setattr(inception, "WEIGHTS_URL", f"{server}/good")
+    path, digest = ensure_weights(allow_download=True, timeout=5)
+    assert path == weights_path() and open(path, "rb").read() == PAYLOAD
+    assert digest == hashlib.sha256(PAYLOAD).hexdigest()
+    monkeypatch.setattr(inception, "WEIGHTS_URL", f"{server}/missing")  # a second call never downloads
+    assert ensure_weights(allow_download=True, timeout=5) == (path, digest)

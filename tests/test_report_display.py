@@ -1,0 +1,85 @@
+"""Display helpers of diffusion.report used by the thesis figures and tables: the centred smoother, grid
+shapes, log tick labels, Chinese display names, and LaTeX escaping of combining tildes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from diffusion import report
+from diffusion.report.style import _log_tick_label
+
+
+def test_centred_moving_average_has_no_lag():
+    steps = np.arange(200, dtype=float)
+    loss = np.where(steps < 100, 1.0, 0.5)  # a step change at 100
+    smooth = report.centred_moving_average(loss, 21)
+    # centred: the midpoint of the transition stays at the step; a one-sided average would lag by ~10
+    assert smooth[99] > 0.5 and smooth[100] < 1.0
+    assert abs(smooth[99] + smooth[100] - 1.5) < 1e-12
+    assert np.all(smooth[:89] == 1.0) and np.all(smooth[111:] == 0.5)
+    line = 3.0 * steps - 7.0
+    np.testing.assert_allclose(report.centred_moving_average(line, 9), line)  # linear trends pass unchanged
+    np.testing.assert_allclose(report.centred_moving_average([1, 5, 1, 5, 1], 3), [1, 7 / 3, 11 / 3, 7 / 3, 1])
+
+
+@pytest.mark.parametrize("window", [0, 2, -3, 2.0])
+def test_centred_moving_average_rejects_bad_windows(window):
+    with pytest.raises(ValueError, match="window"):
+        report.centred_moving_average([1.0, 2.0, 3.0], window)
+
+
+def test_grid_columns_leave_no_ragged_row():
+    for n in (1, 2, 4, 8, 12, 16, 32, 36, 64, 100):
+        cols = report.grid_columns(n)
+        assert n % cols == 0 and cols * cols >= n
+    assert report.grid_columns(32) == 8 and report.grid_columns(64) == 8 and report.grid_columns(7) == 7
+    with pytest.raises(ValueError, match="n must"):
+        report.grid_columns(0)
+
+
+def test_log_tick_labels_are_maths_with_a_true_minus():
+    assert _log_tick_label(1e-3) == "$10^{-3}$" and _log_tick_label(100.0) == "$10^{2}$"
+    assert _log_tick_label(0.5) == "$0.5$" and _log_tick_label(0.0) == ""
+
+
+def test_chinese_display_names():
+    assert report.dataset_label_zh("MNIST-5k at 16×16") == "MNIST-5k（16×16）"
+    assert report.dataset_label_zh("CIFAR-10 (JPEG q75 copy)") == "CIFAR-10 (JPEG q75 copy)"
+    assert report.sampler_name_zh("dpmpp2m") == "DPM-Solver++(2M)"
+    assert report.class_name_zh("airplane") == "飞机" and report.class_name_zh("7") == "7"
+    with pytest.raises(ValueError, match="sampler"):
+        report.sampler_name_zh("euler")
+
+
+def test_escape_latex_keeps_the_tilde_of_beta_tilde():
+    assert report.escape_latex("σ² = β̃_t") == "σ² = $\\tilde{\\beta}$\\_t"
+    assert report.escape_latex("x̃ & 50%") == "$\\tilde{x}$ \\& 50\\%"
+
+
+def test_figure_style_uses_the_cjk_face_first_when_present():
+    import matplotlib
+
+    cjk = report.set_style()
+    families = matplotlib.rcParams["font.family"]
+    assert families[-1] == "DejaVu Sans"
+    assert (families[0] == cjk) if cjk else families == ["DejaVu Sans"]
+    assert min(matplotlib.rcParams[k] for k in ("font.size", "xtick.labelsize", "ytick.labelsize",
+                                                  "legend.fontsize")) >= 7.0
+
+
+def test_cjk_face_is_embedded_as_true_truetype(tmp_path):
+    from diffusion.report import fonts
+
+    otf = fonts.find_fandol_song()
+    if otf is None:
+        pytest.skip("FandolSong (Debian TeX fonts) not installed")
+    from fontTools.ttLib import TTFont
+
+    ttf = TTFont(str(fonts.truetype_copy(otf)))  # cached after the first call
+    src = TTFont(str(otf))
+    assert "glyf" in ttf and "CFF " not in ttf and ttf.sfntVersion == "\x00\x01\x00\x00"
+    for ch in "时间步扩散αβ0aZ":  # same glyph (by id; glyph names are dropped) and same advance width
+        g_ttf, g_src = ttf.getBestCmap()[ord(ch)], src.getBestCmap()[ord(ch)]
+        assert ttf.getGlyphID(g_ttf) == src.getGlyphID(g_src)
+        assert ttf["hmtx"][g_ttf] == src["hmtx"][g_src]
