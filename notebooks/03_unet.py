@@ -238,7 +238,7 @@ if not ddpm_path or not Path(ddpm_path).is_file():
           f"ddpm_ckpt (or $DDPM_OFFICIAL_CKPT) to that file; looked for: {ddpm_path or '(not set)'}.")
 else:
     from diffusion.cli import load_trained
-    from diffusion.metrics.bootstrap import format_ci, proxy_metrics_ci
+    from diffusion.metrics.intervals import format_ci, proxy_metrics_ci
     from diffusion.metrics.classifier import classifier_features
     from diffusion.metrics.images import to_uint8
     from diffusion.samplers import sample

@@ -47,8 +47,8 @@ import numpy as np
 import torch
 
 from diffusion import experiments, report
-from diffusion.metrics.bootstrap import DEFAULT_RESAMPLES as BOOTSTRAP_RESAMPLES
-from diffusion.metrics.bootstrap import (FrechetToReference, bootstrap_ci, bootstrap_difference_ci, format_ci,
+from diffusion.metrics.intervals import DEFAULT_RESAMPLES as BOOTSTRAP_RESAMPLES
+from diffusion.metrics.intervals import (FrechetToReference, bootstrap_ci, format_ci, jackknife_difference_ci,
                                         proxy_metrics_ci)
 from diffusion.metrics.classifier import class_diversity, classifier_features, classifier_predict
 
@@ -76,7 +76,8 @@ art.number("ClassifierAccuracy", 100 * clf.accuracy, "{:.1f}")
 # %% [markdown]
 # ## Sweep of the guidance scale w
 # The same labels and seed for every w, so every row has the same n. Each proxy number carries a 95 %
-# percentile bootstrap interval over the samples (`diffusion.metrics.bootstrap`); KID
+# interval over the samples (`diffusion.metrics.intervals`: jackknife for FD and KID, percentile bootstrap for
+# the accuracy); KID
 # (`diffusion.metrics.kid`) beside the classifier FD is unbiased in n.
 
 # %%
@@ -108,7 +109,7 @@ for ax, key, name in zip(axes, ("acc", "cfd", "div"),
                          ("条件准确率（%）", "分类器 FD（越低越好）", "类内多样性")):
     if key == "div":
         ax.plot(ws, [results[w][key] for w in guidance_scales], "o-")
-    else:  # 95 % bootstrap intervals (clipped at the estimate: the FD's may exclude it, being biased)
+    else:  # 95 % intervals (diffusion.metrics.intervals)
         ci = [results[w]["ci"][key] for w in guidance_scales]
         ax.errorbar(ws, [c["estimate"] for c in ci], fmt="o-", capsize=2,
                     yerr=np.clip([[c["estimate"] - c["low"] for c in ci], [c["high"] - c["estimate"] for c in ci]], 0, None))
@@ -128,13 +129,13 @@ for w, word in ((0.0, "WZero"), (1.0, "WOne"), (3.0, "WThree")):  # "estimate [l
     for key, name in (("acc", "CondAcc"), ("cfd", "Cfd"), ("kid", "Kid")):
         art.number(f"{name}{word}CI", format_ci(results[w]["ci"][key]) if w in results else "n/a")
 # Differences the text reads as effects, each with its 95 % interval. Accuracy: every w uses the same labels
-# and initial noise, so the per-sample differences are paired; classifier FD: the two sets resampled independently.
+# and initial noise, so the per-sample differences are paired (bootstrap); classifier FD: jackknife of each set.
 fd_ref = FrechetToReference.from_features(ref_feats)
 for (wa, wb), word in (((1.0, 0.0), "OneZero"), ((3.0, 1.0), "ThreeOne")):
     if wa in results and wb in results:
         acc_d = bootstrap_ci(100.0 * (results[wa]["correct"].astype(float) - results[wb]["correct"]), np.mean, seed=seed)
         acc_d["excludes_zero"] = acc_d["low"] > 0 or acc_d["high"] < 0
-        cfd_d = bootstrap_difference_ci(results[wa]["feats"], results[wb]["feats"], fd_ref, seed=seed)
+        cfd_d = jackknife_difference_ci(results[wa]["feats"], results[wb]["feats"], fd_ref)
         for name, d in (("AccDiff", acc_d), ("CfdDiff", cfd_d)):
             art.number(f"{name}{word}", format_ci(d))
             art.number(f"{name}{word}Verdict", "区间不含 0，差异超出了抽样误差" if d["excludes_zero"]

@@ -23,7 +23,7 @@
 #
 # 1. **Sampling steps** (§4.4.1, `tab:sampling-steps`): ancestral sampling over respaced schedules and DDIM (η = 0) with
 #    1000/250/100/50/… steps — quality (classifier FD, KID, conditional accuracy; the same n in every row, each
-#    with a 95 % bootstrap interval) against time per image.
+#    with a 95 % interval) against time per image.
 # 2. **Width and depth** (§4.4.2): variants of the conditional network trained with the same steps and batch,
 #    described from their configs, with 95 % intervals of each variant's difference from the base.
 # 3. **Memorisation** (`fig:nearest-neighbours`): unconditional samples beside their nearest training images (L2, pixels).
@@ -49,7 +49,7 @@ step_counts = [1000, 250, 100, 50, 20, 10]  # sampling step counts compared (cap
 quality_max_steps = 100  # DDIM and DPM-Solver++ run only at step counts up to this (ancestral at all)
 samples_per_setting = 40  # images per sampler and step count: the same n in every row of the table
 eps_error_images = 512  # held-out images for the ε-prediction error by timestep
-bootstrap_resamples = 1000  # resamples of the 95 % bootstrap intervals (diffusion.metrics.bootstrap)
+bootstrap_resamples = 1000  # resamples of the 95 % bootstrap intervals (diffusion.metrics.intervals)
 variant_steps = 300  # training steps of each variant
 variant_batch = 32  # batch size of each variant
 variant_samples = 64  # samples per variant for the classifier FD
@@ -65,7 +65,7 @@ import torch
 
 from diffusion import experiments, report
 from diffusion.gaussian_diffusion import GaussianDiffusion
-from diffusion.metrics.bootstrap import (FrechetToReference, bootstrap_ci, bootstrap_difference_ci, format_ci,
+from diffusion.metrics.intervals import (FrechetToReference, bootstrap_ci, format_ci, jackknife_difference_ci,
                                          proxy_metrics_ci)
 from diffusion.metrics.classifier import classifier_features, classifier_predict
 from diffusion.metrics.kid import KidToReference
@@ -85,7 +85,7 @@ cfd_of, kid_of = FrechetToReference.from_features(ref_feats), KidToReference(ref
 
 
 def scored(images, labels=None) -> dict:
-    """Classifier FD, KID and (given labels) conditional accuracy of a set of samples, with 95 % bootstrap
+    """Classifier FD, KID and (given labels) conditional accuracy of a set of samples, with 95 %
     intervals at its own n, plus the features for comparisons between sets."""
     feats = classifier_features(clf, torch.from_numpy(images))
     correct = None if labels is None else (classifier_predict(clf, torch.from_numpy(images)).numpy() == labels)
@@ -94,12 +94,11 @@ def scored(images, labels=None) -> dict:
 
 
 def difference(a: dict, b: dict, metric: str = "cfd") -> dict:
-    """95 % bootstrap interval of metric(a) − metric(b) for two independent sets of samples."""
-    kw = dict(num_resamples=bootstrap_resamples, seed=seed)
+    """95 % jackknife interval of metric(a) − metric(b) for two independent sets of samples."""
     if metric == "cfd":
-        return bootstrap_difference_ci(a["feats"], b["feats"], cfd_of, **kw)
-    return bootstrap_difference_ci(np.arange(len(a["feats"])), np.arange(len(b["feats"])), kid_of.on_indices(a["feats"]),
-                                   statistic_b=kid_of.on_indices(b["feats"]), **kw)
+        return jackknife_difference_ci(a["feats"], b["feats"], cfd_of)
+    return jackknife_difference_ci(np.arange(len(a["feats"])), np.arange(len(b["feats"])), kid_of.on_indices(a["feats"]),
+                                   statistic_b=kid_of.on_indices(b["feats"]))
 
 
 def verdict(diff: dict) -> str:
@@ -112,8 +111,8 @@ def verdict(diff: dict) -> str:
 # ## 1. Sampling steps (`tab:sampling-steps`, `fig:sampling-steps`)
 # Conditional samples (plain conditional model, no guidance) with labels cycling through the classes.
 # Every row has the same number of samples n (`samples_per_setting`): the classifier FD is biased upwards
-# at small n, so only rows with the same n can be compared. Each proxy number carries a 95 % percentile
-# bootstrap interval over the samples (`diffusion.metrics.bootstrap`); KID (`diffusion.metrics.kid`) is
+# at small n, so only rows with the same n can be compared. Each proxy number carries a 95 % interval
+# over the samples (jackknife for FD and KID, percentile bootstrap for the accuracy) (`diffusion.metrics.intervals`); KID (`diffusion.metrics.kid`) is
 # unbiased in n. DDIM and DPM-Solver++ run only up to `quality_max_steps` steps (their 1000-step cost
 # would buy little: both follow the same deterministic trajectory ever more exactly). The time per image is
 # the wall time of generating the set divided by its size, on this profile's device.
@@ -224,7 +223,7 @@ art.number("EpsErrorImages", eps_error_images, "{:d}")
 # ## 2. Network width and depth (§4.4.2)
 # Each variant overrides the conditional model's config and is trained for the same number of steps with
 # the same batch, then sampled (ancestral, respaced to the profile's quality step count) and scored with
-# 95 % bootstrap intervals at the same n. The description of each variant (C, channel multipliers, residual
+# 95 % intervals at the same n. The description of each variant (C, channel multipliers, residual
 # blocks, parameters, what differs from `base`) is read from its config, and each variant's difference
 # from `base` gets its own 95 % interval (the two sets of samples resampled independently).
 

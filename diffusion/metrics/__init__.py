@@ -11,7 +11,8 @@ One concept per module:
 - :mod:`.classifier` — the offline proxy: a small classifier, "classifier FD", conditional accuracy,
   diversity (never called FID);
 - :mod:`.kid` — the classifier KID: unbiased MMD² with the cubic polynomial kernel on the proxy features;
-- :mod:`.bootstrap` — percentile bootstrap 95 % intervals of the proxy metrics and of their differences;
+- :mod:`.intervals` — 95 % intervals of the proxy metrics and of their differences (jackknife for FD and KID,
+  percentile bootstrap for means such as the accuracy);
 - :mod:`.energy` — the energy distance between point sets (the 2-D toy's two-sample check);
 - :mod:`.nll` — negative log-likelihood in bits/dim from the variational bound, eq. (7);
 - :mod:`.neighbours` — pixel-space nearest neighbours (memorisation check, figure 2a);
