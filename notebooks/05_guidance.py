@@ -94,13 +94,14 @@ for w in guidance_scales:
     div = class_diversity(clf, x, labels)["diversity"]
     results[w] = dict(acc=ci["acc"]["estimate"], cfd=ci["cfd"]["estimate"], kid=ci["kid"]["estimate"], div=div,
                       ci=ci, images=out["images"], correct=correct, feats=feats)
-    rows.append([f"{w:g}", str(ci["n"])] + [report.escape_latex(format_ci(ci[k])) for k in ("acc", "cfd", "kid")]
+    rows.append([f"{w:g}", str(ci["n"])] + [report.escape_latex(format_ci(ci[k], "{:.1f}" if k == "acc" else None))
+                                            for k in ("acc", "cfd", "kid")]
                 + [f"{div:.2f}"])
     print(f"w = {w:4.1f}: n = {ci['n']}, accuracy {format_ci(ci['acc'])}%, classifier FD {format_ci(ci['cfd'])}, "
           f"KID {format_ci(ci['kid'])}, diversity {div:.2f}")
 art.save_table("guidance", report.booktabs_tabular(
-    ["引导尺度 $w$", "样本数 $n$", "条件准确率（\\%）[95\\% 置信区间]", "分类器 FD [95\\% 置信区间]",
-     "KID [95\\% 置信区间]", "类内多样性"], rows, align="rrrrrr", escape=False),
+    ["引导尺度 $w$", "$n$", "条件准确率（\\%）", "分类器 FD", "KID", "类内多样性"], rows, align="rrrrrr",
+    escape=False),  # intervals: 95 %, stated in the thesis caption
     config={"n": len(labels), "bootstrap_resamples": BOOTSTRAP_RESAMPLES})
 
 ws = np.array(guidance_scales, dtype=float)

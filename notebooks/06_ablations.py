@@ -132,11 +132,11 @@ for smp in SAMPLER_TITLES:
         r = res[smp, S]
         print(f"{smp:9s} {S:5d} steps, n = {n_steps}: classifier FD {format_ci(r['cfd'])}, KID {format_ci(r['kid'])}, "
               f"accuracy {format_ci(r['acc'])}%, {r['spi']:.3f} s/image")
-rows = [[SAMPLER_TITLES[smp], str(S), str(r["n"]), format_ci(r["cfd"]), format_ci(r["kid"]), format_ci(r["acc"]),
+rows = [[SAMPLER_TITLES[smp], str(S), str(r["n"]), format_ci(r["cfd"]), format_ci(r["kid"]), format_ci(r["acc"], "{:.1f}"),
          f"{r['spi']:.3f}"] for (smp, S), r in res.items()]
-art.save_table("sampling_steps", report.booktabs_tabular(
-    ["采样器 (sampler)", "步数", "样本数 n", "分类器 FD [95% 置信区间]", "KID [95% 置信区间]",
-     "条件准确率 (%) [95% 置信区间]", "单张耗时 (s)"], rows, align="lrrrrrr"),
+art.save_table("sampling_steps", report.booktabs_tabular(  # intervals: 95 %, stated in the thesis caption
+    ["采样器", "步数", "$n$", "分类器 FD", "KID", "条件准确率（\\%）", "单张耗时（秒）"],
+    [[report.escape_latex(c) for c in r] for r in rows], align="lrrrrrr", escape=False),
     config={"n": n_steps, "bootstrap_resamples": bootstrap_resamples, "quality_max_steps": quality_max_steps})
 full = res["ancestral", steps_list[0]]
 art.number("ConfidenceLevel", 100 * full["cfd"]["level"], "{:g}")  # of every interval in this notebook
@@ -258,11 +258,11 @@ for name, v in vres.items():
     v["change"] = "，".join(changed) if changed else ("—" if name == base_name else "无结构差异")
     v["param_pct"] = 100 * v["params"] / base["params"]
 vrows = [[VARIANT_TITLES.get(name, name), str(v["model"].ch), model_text(v["model"].ch_mult),
-          str(v["model"].num_res_blocks), v["change"], f"{v['params'] / 1e6:.2f}", f"{v['param_pct']:.0f}",
+          str(v["model"].num_res_blocks), f"{v['params'] / 1e6:.2f}（{v['param_pct']:.0f}%）",
           f"{v['loss']:.4f}", str(v["n"]), format_ci(v["cfd"]), format_ci(v["kid"])] for name, v in vres.items()]
-art.save_table("width_depth", report.booktabs_tabular(
-    ["变体 (variant)", "C", "通道倍率 (ch_mult)", "残差块数", "与基准的差异", "参数量 (M)", "参数量 / 基准 (%)",
-     "最终损失", "样本数 n", "分类器 FD [95% 置信区间]", "KID [95% 置信区间]"], vrows, align="lrlrlrrrrrr"),
+art.save_table("width_depth", report.booktabs_tabular(  # intervals: 95 %, stated in the thesis caption
+    ["变体", "$C$", "通道倍率", "残差块数", "参数量（M，占基准）", "最终损失", "$n$", "分类器 FD", "KID"],
+    [[report.escape_latex(c) for c in r] for r in vrows], align="lrlrrrrrr", escape=False),
     config={"variants": variants, "steps": variant_steps, "batch": variant_batch, "n": variant_samples})
 art.number("VariantSteps", int(variant_steps), "{:d}")
 art.number("VariantBatch", int(variant_batch), "{:d}")
@@ -345,7 +345,7 @@ brows = [[*bpd_labels[v], str(len(b["per_image"])), format_ci(b["ci"], "{:.3f}")
           f"{b['prior']:.4f}", f"{b['mid']:.3f}",
           f"{b['l0']:.3f}"] for v, b in bres.items()]
 art.save_table("bpd", report.booktabs_tabular(
-    ["反向方差（reverse variance）", r"$L_0$ 方差约定", r"图像数 $n$", r"总计（bits/dim）[95\% 置信区间]",
+    ["反向方差", r"$L_0$ 方差约定", r"$n$", r"总计（bits/dim）",
      r"$L_T$", r"$\sum_{t\geq2} L_{t-1}$", r"$L_0$"], brows, align="llrrrrr", escape=False),
     dataset=tu.data.label, config=uncond)
 # same images and noise for every variance: the paired per-image difference carries the comparison
