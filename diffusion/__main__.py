@@ -3,9 +3,11 @@
 import sys
 
 if __name__ == "__main__":
-    try:
+    from diffusion.runs import deferred_interrupt
+
+    with deferred_interrupt() as interrupt:  # Ctrl-C at the very start: no traceback, no abort
         from diffusion.cli import main
-    except KeyboardInterrupt:  # Ctrl-C at the very start: no traceback either
+    if interrupt.requested:
         print("python -m diffusion: interrupted (Ctrl-C)", file=sys.stderr)
         sys.exit(130)
     sys.exit(main())

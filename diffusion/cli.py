@@ -407,15 +407,15 @@ def main(argv: list[str] | None = None) -> int:
     import traceback
     import warnings
 
-    from diffusion.runs import describe_failure, format_warning
+    from diffusion.runs import deferred_interrupt, describe_failure, format_warning
 
     debug = os.environ.get("DDPM_DEBUG", "") not in ("", "0")
-    try:
+    with deferred_interrupt() as interrupt:  # torch's start-up cannot be interrupted safely
         parser = build_parser()
-        args = parser.parse_args(argv)  # --device imports torch: Ctrl-C can land here
-    except KeyboardInterrupt:
-        if debug:
-            traceback.print_exc()
+        args = parser.parse_args(argv)  # --help and argument errors leave here, before torch is loaded
+        import numpy  # noqa: F401
+        import torch  # noqa: F401
+    if interrupt.requested:
         print("python -m diffusion: interrupted (Ctrl-C)", file=sys.stderr)
         return 130
     debug = debug or bool(getattr(args, "debug", False))

@@ -12,22 +12,27 @@ the run's history of starts and configuration changes, crash leftovers, and one-
 - :func:`append_history`: ``<run>/history.jsonl``, one JSON line per start of the run.
 - :func:`describe_failure`: the one paragraph (and exit status) the command line prints for a failure
   the user can fix.
+- :func:`deferred_interrupt`: Ctrl-C held back while the command line starts up (torch's C extension
+  aborts or marks the interpreter for death by SIGINT when a ``KeyboardInterrupt`` lands inside it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 __all__ = [
     "DiskFullError", "LOCK_NAME", "RESUME_ALLOWED", "RunLock", "RunLockedError", "UserError", "append_history",
-    "describe_failure", "format_warning", "is_disk_full", "prepare_output_file", "prepare_run_folder", "remove_stale_temporaries",
+    "deferred_interrupt", "describe_failure", "format_warning", "is_disk_full", "prepare_output_file", "prepare_run_folder", "remove_stale_temporaries",
     "resume_config_changes", "write_text_atomic",
 ]
 
@@ -381,3 +386,33 @@ def describe_failure(err: BaseException) -> tuple[str, int] | None:
 def format_warning(message, category, filename, lineno, line=None) -> str:
     """``warnings.formatwarning`` for the command line: ``warning: <message>`` on one line."""
     return f"warning: {' '.join(str(message).split())}\n"
+
+
+class _Interrupt:
+    requested = False
+
+
+@contextlib.contextmanager
+def deferred_interrupt():
+    """Hold back Ctrl-C for the duration of the block; ``.requested`` says afterwards whether one came.
+
+    A ``KeyboardInterrupt`` raised while a C extension initialises (``import torch``) cannot be handled:
+    torch's pybind11 code turns it into ``std::terminate`` (exit by SIGABRT), or CPython notes it as
+    unhandled and kills the process with SIGINT at exit although Python code caught it. Start-up is
+    therefore run with a handler that only records the signal. Outside the main thread, or where SIGINT
+    is not Python's default handler (ignored in a background job, or a caller's own handler), nothing is
+    changed."""
+    state = _Interrupt()
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield state
+        return
+
+    def record(signum, frame):
+        state.requested = True
+
+    signal.signal(signal.SIGINT, record)
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
