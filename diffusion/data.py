@@ -47,7 +47,7 @@ from diffusion.toy import make_toy_2d
 
 __all__ = [
     "DATASET_NAMES", "DatasetNotFoundError", "ImageData", "InfiniteBatches", "SPLITS", "from_model_range",
-    "downsample", "load_dataset", "make_toy_2d", "random_hflip", "resolve_cache_dir", "resolve_data_root", "to_model_range",
+    "downsample", "file_sha256", "load_dataset", "make_toy_2d", "random_hflip", "resolve_cache_dir", "resolve_data_root", "to_model_range",
 ]
 
 DATASET_NAMES = ("mnist5k", "cifar10", "cifar10-jpeg", "celeba64", "celeba-6k")
@@ -172,7 +172,8 @@ def resolve_cache_dir() -> Path:
     return Path(env).expanduser() if env else _REPO / "cache"
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 (hex) of a file, read in 4 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -333,7 +334,7 @@ def _load_cifar10_jpeg(split: str, root: Path) -> ImageData:
     with np.load(path) as z:
         jpeg_bytes, offsets, labels = z["jpeg_bytes"], z["offsets"], z["labels"]
         class_names = [str(c) for c in z["class_names"]]
-    key = f"cifar10-jpeg-{split}-{_file_sha256(path)[:16]}"
+    key = f"cifar10-jpeg-{split}-{file_sha256(path)[:16]}"
     images = _cached_array(key, lambda: _decode_jpegs(jpeg_bytes, offsets, f"decoding {path.name}"))
     images, labels = _shuffled(images, labels)
     return _pack(images, labels, 10, class_names, "CIFAR-10 (JPEG q75 copy)", "cifar10-jpeg", split, path)
@@ -354,7 +355,7 @@ def _load_celeba6k(split: str, root: Path) -> ImageData:
                          f"{CELEBA6K_PRECROPPED_FILE} from it.")
     with np.load(path) as z:
         jpeg_bytes, offsets, partition = z["jpeg_bytes"], z["offsets"], z["partition"]
-    key = f"celeba-6k-{tag}-{_file_sha256(path)[:16]}"
+    key = f"celeba-6k-{tag}-{file_sha256(path)[:16]}"
     images = _cached_array(key, lambda: _decode_jpegs(jpeg_bytes, offsets, f"decoding {path.name}", crop))
     if images.shape[1:] != (3, CELEBA_SIZE, CELEBA_SIZE):
         raise ValueError(f"{path}: expected 3×{CELEBA_SIZE}×{CELEBA_SIZE} images, got {images.shape[1:]}")
@@ -384,7 +385,7 @@ def _load_celeba64(split: str, root: Path, download: bool | None) -> ImageData:
                          f"{err}. {how}") from err
     filenames = [f for ds in datasets for f in ds.filename]
     key = (f"celeba64-{split}-{len(filenames)}-"
-           f"{_file_sha256(folder / 'list_eval_partition.txt')[:16]}-bicubic{CELEBA_SIZE}")
+           f"{file_sha256(folder / 'list_eval_partition.txt')[:16]}-bicubic{CELEBA_SIZE}")
 
     def compute():
         from PIL import Image

@@ -29,7 +29,7 @@ import torch
 from diffusion.report import Artefacts, CacheEntry, repo_root
 
 __all__ = ["TrainedModel", "device", "generate", "load_data", "load_run_config", "model_spec", "nearest_neighbours",
-           "proxy_classifier", "train_toy", "trained_model", "with_overrides"]
+           "proxy_classifier", "train_toy", "trained_model", "variant_spec", "with_overrides"]
 
 TRAIN_PRODUCER = "04_training"
 RECIPE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
@@ -184,13 +184,14 @@ def trained_model(art: Artefacts, spec: dict, which: str, dev: torch.device | No
 
 @torch.no_grad()
 def generate(art: Artefacts, tm: TrainedModel, n: int, *, sampler: str = "ddim", steps: int | None = None,
-             eta: float = 0.0, guidance_scale: float | None = None, y=None, seed: int = 0, batch_size: int = 256,
+             eta: float = 0.0, guidance_scale: float | None = None, y=None, seed: int = 0, batch_size: int = 128,
              use_ema: bool = True, var_type: str | None = None, tag: str = "samples",
              producer: str | None = None) -> dict:
     """``n`` samples of ``tm`` as uint8 N×C×H×W (``images``), their labels (``labels``, −1 if none) and the
     sampling wall time per image (``seconds_per_image``, of the run that computed them), cached under
     ``tag`` keyed by the model's cache key and every sampling argument; ``producer`` names the notebook
-    whose samples these are when another notebook reuses them."""
+    whose samples these are when another notebook reuses them. The default batch of 128 is the fastest
+    on the 2-core CPU for the MNIST-5k U-Net (``benchmarks/cpu_sampling.py``: 1.1-1.2x batch 256)."""
     from diffusion.metrics.images import to_uint8
     from diffusion.samplers import sample
 
@@ -233,6 +234,15 @@ def generate(art: Artefacts, tm: TrainedModel, n: int, *, sampler: str = "ddim",
 def with_overrides(spec: dict, overrides: dict) -> dict:
     """A copy of ``spec`` whose ``set`` overrides are updated by ``overrides``."""
     return {**spec, "set": {**(spec.get("set") or {}), **overrides}}
+
+
+def variant_spec(spec: dict, overrides: dict, steps: int, batch: int) -> dict:
+    """A width/depth variant of ``spec`` (section 4.4.2): its model ``overrides``, trained ``steps`` steps at
+    ``batch`` with a warm-up of a quarter of the run (at most 200 steps), no stage samples, one checkpoint."""
+    steps = int(steps)
+    return with_overrides(spec, {**overrides, "train.total_steps": steps, "train.batch_size": int(batch),
+                                 "train.sample_every": [], "train.warmup_steps": min(200, steps // 4 + 1),
+                                 "train.ckpt_every": steps})
 
 
 def nearest_neighbours(samples: np.ndarray, train_images, k: int = 5) -> tuple[np.ndarray, np.ndarray]:

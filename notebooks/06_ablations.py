@@ -240,10 +240,7 @@ def model_text(value) -> str:
 vres = {}
 y_var = np.arange(variant_samples) % K
 for name, overrides in variants.items():
-    spec_v = experiments.with_overrides(cond, {**overrides, "train.total_steps": int(variant_steps),
-                                               "train.batch_size": int(variant_batch), "train.sample_every": [],
-                                               "train.warmup_steps": min(200, int(variant_steps) // 4 + 1),
-                                               "train.ckpt_every": int(variant_steps)})
+    spec_v = experiments.variant_spec(cond, overrides, variant_steps, variant_batch)
     vm = experiments.trained_model(art, spec_v, "cond", producer="06_ablations", kind=f"variant-{name}")
     out = experiments.generate(art, vm, variant_samples, sampler="ancestral", steps=q_steps, y=y_var, seed=seed, tag="variants")
     vres[name] = dict(model=vm.cfg.model, loss=vm.summary["ema_loss"], params=vm.summary["params"],

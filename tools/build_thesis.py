@@ -3,7 +3,7 @@
 
 Usage::
 
-    python tools/build_thesis.py [--profile {full,gpu,quick,smoke}] [--figures-dir DIR] [--build-dir DIR]
+    python tools/build_thesis.py [--profile {full,gpu,long,quick,smoke}] [--figures-dir DIR] [--build-dir DIR]
 
 Steps:
 
@@ -36,7 +36,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 THESIS_DIR = REPO / "thesis"
-PROFILE_ORDER = ("full", "gpu", "quick", "smoke")
+PROFILE_ORDER = ("full", "gpu", "long", "quick", "smoke")
 TEX_TOOLS = ("xelatex", "latexmk", "biber")
 APT_COMMAND = (
     "apt-get update && apt-get install -y --no-install-recommends texlive-xetex texlive-lang-chinese "

@@ -27,6 +27,8 @@ from unittest import mock
 
 import numpy as np
 import torch
+
+from diffusion.data import file_sha256
 from torch import nn
 from diffusion.progress import tqdm
 
@@ -58,15 +60,6 @@ def _missing_message(reason: str) -> str:
             f"official weights and nothing else: download {WEIGHTS_URL} on a machine with internet and "
             f"place the file at that path (the torch hub cache, $TORCH_HOME/hub/checkpoints/; TORCH_HOME "
             f"defaults to ~/.cache/torch).")
-
-
-def file_sha256(path: str) -> str:
-    """The SHA-256 (hex) of a file, read in 4 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _expected_prefix(name: str) -> str:
