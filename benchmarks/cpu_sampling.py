@@ -80,9 +80,11 @@ def main() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = model(x, t, y=y).float()
     err = float((low - ref).norm() / ref.norm())
-    print(f"bf16 autocast: relative L2 error of eps {err:.2e}")
+    finite = bool(torch.isfinite(low).all())
+    print(f"bf16 autocast: relative L2 error of eps {err:.2e}" + ("" if finite else " (non-finite outputs)"))
     result = {"config": a.config, "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-              "cores": cores, "reference": rows[0], "rows": rows, "bf16_relative_error": err}
+              "cores": cores, "reference": rows[0], "rows": rows,
+              "bf16_relative_error": err if finite else None, "bf16_finite": finite}
     if a.out:
         Path(a.out).write_text(json.dumps(result, indent=1) + "\n")
 

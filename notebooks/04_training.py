@@ -16,8 +16,8 @@
 # **Produces:** `fig:loss-curve` (训练损失曲线), `fig:training-stages` (不同训练阶段的样本), `fig:uncond-samples` (无条件生成样本),
 # `fig:ema-vs-raw` (EMA 参数与原始参数的样本对比), `tab:environment` (实验软硬件环境), `tab:training-summary` (训练情况汇总).
 # **Runs:** about 8 min with profile quick on AMD EPYC (2 cores); on a GPU: not measured.
-# **Cache:** reuses its trained U-Nets, generated samples from `cache/` when the inputs are unchanged (computed
-# and stored otherwise).
+# **Cache:** reuses its trained U-Nets, the proxy classifier, generated samples from `cache/` when the inputs
+# are unchanged (computed and stored otherwise).
 #
 # Trains this profile's two models through the package (`diffusion.train.Trainer`: L_simple of eq. 14,
 # Adam with warm-up, gradient clipping, EMA of the weights, label dropout for guidance):
@@ -39,6 +39,7 @@ n_samples = 64  # unconditional samples in the grid
 sampler = "ancestral"  # sampler: ancestral | ddim | dpmpp2m
 sample_steps = 100  # sampling steps (at most T)
 stage_samples = 16  # samples shown per training stage
+classifier_steps = 600  # optimiser steps of the proxy classifier (shared with 05 and 06)
 
 # %%
 import platform
@@ -57,15 +58,19 @@ art = report.Artefacts(profile, "04_training", out_dir, cache_root=cache_dir, se
 
 # %% [markdown]
 # ## Train (or fetch) the two models
+# From the cache if this configuration was trained before; else from the committed weights
+# (`weights/<profile>/`, written by `tools/export_weights.py`) when they were trained with exactly this
+# code, configuration, data and torch version; else trained now. `DDPM_RETRAIN=1` ignores the weights.
 
 # %%
 models = {}
+ORIGIN = {"computed": "trained now", "cache": "cached", "weights": "committed weights, weights/<profile>/"}
 for which, spec in (("cond", cond), ("uncond", uncond)):
     tm = experiments.trained_model(art, spec, which)
     models[which] = tm
     s = tm.summary
     print(f"{which:6s}: {tm.data.label}, {s['step']:,} steps in {s['elapsed_s'] / 60:.1f} min "
-          f"({'cached' if tm.entry.hit else 'trained now'}), final EMA loss {s['ema_loss']:.4f}, "
+          f"({ORIGIN[tm.entry.source]}), final EMA loss {s['ema_loss']:.4f}, "
           f"{s['params']:,} parameters")
 label = {"cond": "条件模型", "uncond": "无条件模型"}
 data_zh = {w: report.dataset_label_zh(tm.data.label) for w, tm in models.items()}
@@ -117,6 +122,68 @@ if stages:
     art.save_figure(fig, "training_stages", dataset=" / ".join(dict.fromkeys(data_zh.values())))
 else:
     print("no stage samples: the configs set no train.sample_every")
+
+# %% [markdown]
+# ## Sample quality against training steps (`fig:quality-vs-steps`)
+# The conditional model's stage samples (the same noise at every stage, labels cycling through the classes,
+# the spec's `stage.sampler`) scored like the samples of chapter 4: KID and conditional accuracy from the
+# proxy classifier, each with its 95 % interval at the stage's n. This is the measurement that says whether
+# the model has trained long enough for the deterministic samplers (DDIM with 50 steps is the quick and
+# long profiles' stage sampler); with a handful of stage samples (quick: 10) the intervals are very wide.
+
+# %%
+from diffusion.metrics.classifier import classifier_features, classifier_predict  # noqa: E402
+from diffusion.metrics.intervals import format_ci, jackknife_difference_ci, proxy_metrics_ci  # noqa: E402
+from diffusion.metrics.kid import KidToReference  # noqa: E402
+
+tc = models["cond"]
+clf, test = experiments.proxy_classifier(cond, classifier_steps)
+ref_feats = classifier_features(clf, test.images)
+quality = []
+for step, imgs in tc.stage_samples():
+    y_stage = np.arange(len(imgs)) % tc.null_class
+    x = torch.from_numpy(imgs)
+    feats = classifier_features(clf, x)
+    q = proxy_metrics_ci(feats, ref_feats, classifier_predict(clf, x).numpy() == y_stage, seed=seed)
+    quality.append((step, q, feats))
+    print(f"step {step:6,d}: n = {q['n']}, KID {format_ci(q['kid'])}, classifier FD {format_ci(q['cfd'])}, "
+          f"accuracy {format_ci(q['acc'])}%")
+if quality:
+    fig, axes = plt.subplots(1, 2, figsize=(report.FULL_WIDTH_IN, 2.4))
+    st = [step for step, *_ in quality]
+    for ax, metric, ylabel in ((axes[0], "kid", "KID"), (axes[1], "acc", "条件准确率（%）")):
+        est = np.array([q[metric]["estimate"] for _, q, _ in quality])
+        err = np.clip([est - [q[metric]["low"] for _, q, _ in quality], [q[metric]["high"] for _, q, _ in quality] - est],
+                      0, None)
+        ax.errorbar(st, est, yerr=err, fmt="o-", capsize=2, color="C0")
+        ax.set_xscale("log"), ax.set_xlabel("训练步数"), ax.set_ylabel(ylabel)
+    stage_steps = min(int((cond.get("stage") or {}).get("steps", 50)), tc.diffusion.num_timesteps)
+    fig.suptitle(f"条件模型的阶段样本：{report.sampler_name_zh(tc.stage_sampler)} {stage_steps} 步，"
+                 f"每个阶段 $n = {quality[0][1]['n']}$", fontsize="small")
+    art.save_figure(fig, "quality_vs_steps", **prov["cond"])
+    first, last = quality[0], quality[-1]
+    art.number("StageSamples", last[1]["n"], "{:d}")
+    art.number("StageFirstStep", first[0], "{:,d}")
+    art.number("StageLastStep", last[0], "{:,d}")
+    art.number("StageKidFirst", format_ci(first[1]["kid"]))
+    art.number("StageKidLast", format_ci(last[1]["kid"]))
+    art.number("StageAccFirst", format_ci(first[1]["acc"], "{:.1f}"))
+    art.number("StageAccLast", format_ci(last[1]["acc"], "{:.1f}"))
+    # still improving? KID of the last stage minus the one before (the stages share their noise, so treating
+    # the two sets as independent makes the interval conservative)
+    if len(quality) > 1:
+        prev = quality[-2]
+        kid_of = KidToReference(ref_feats)
+        d = jackknife_difference_ci(np.arange(len(last[2])), np.arange(len(prev[2])), kid_of.on_indices(last[2]),
+                                    statistic_b=kid_of.on_indices(prev[2]))
+        art.number("StagePrevStep", prev[0], "{:,d}")
+        art.number("StageKidLastDiff", format_ci(d))
+        art.number("StageKidLastVerdict", "区间不含 0，模型在最后一段训练中仍有可测的改进，尚未收敛" if d["excludes_zero"]
+                   and d["estimate"] < 0 else "区间不含 0，KID 在最后一段训练中反而上升" if d["excludes_zero"]
+                   else "区间含 0，最后一段训练带来的变化未超出抽样误差")
+    else:
+        for name in ("StagePrevStep", "StageKidLastDiff", "StageKidLastVerdict"):
+            art.number(name, "n/a（只有一个训练阶段）")
 
 # %% [markdown]
 # ## Unconditional samples, EMA weights (`fig:uncond-samples`)

@@ -47,13 +47,14 @@ variants = {"base": {"model.ch_mult": [1, 2, 2], "model.num_res_blocks": 2},
 classifier_steps = 600  # optimiser steps of the proxy classifier
 step_counts = [1000, 250, 100, 50, 20, 10]  # sampling step counts compared (capped at T)
 quality_max_steps = 100  # DDIM and DPM-Solver++ run only at step counts up to this (ancestral at all)
-samples_per_setting = 40  # images per sampler and step count: the same n in every row of the table
+samples_per_setting = 40  # images per setting of at most quality_max_steps network calls per image
+long_row_samples = None  # images of the costlier rows, compared in a block of their own (None: samples_per_setting)
 eps_error_images = 512  # held-out images for the ε-prediction error by timestep
 bootstrap_resamples = 1000  # resamples of the 95 % bootstrap intervals (diffusion.metrics.intervals)
 variant_steps = 300  # training steps of each variant
 variant_batch = 32  # batch size of each variant
 variant_samples = 64  # samples per variant for the classifier FD
-bpd_images = 4  # held-out images for bits/dim (the full bound: T network calls each)
+bpd_images = 4  # held-out images for bits/dim (the full bound: T network calls each, shared by the variances)
 nn_samples = 8  # samples shown beside their nearest neighbours
 
 # %%
@@ -65,6 +66,7 @@ import torch
 
 from diffusion import experiments, report
 from diffusion.gaussian_diffusion import GaussianDiffusion
+from diffusion.likelihood import bpd_for_variances
 from diffusion.metrics.intervals import (FrechetToReference, bootstrap_ci, format_ci, jackknife_difference_ci,
                                          proxy_metrics_ci)
 from diffusion.metrics.classifier import classifier_features, classifier_predict
@@ -110,58 +112,96 @@ def verdict(diff: dict) -> str:
 # %% [markdown]
 # ## 1. Sampling steps (`tab:sampling-steps`, `fig:sampling-steps`)
 # Conditional samples (plain conditional model, no guidance) with labels cycling through the classes.
-# Every row has the same number of samples n (`samples_per_setting`): the classifier FD is biased upwards
-# at small n, so only rows with the same n can be compared. Each proxy number carries a 95 % interval
-# over the samples (jackknife for FD and KID, percentile bootstrap for the accuracy) (`diffusion.metrics.intervals`); KID (`diffusion.metrics.kid`) is
-# unbiased in n. DDIM and DPM-Solver++ run only up to `quality_max_steps` steps (their 1000-step cost
-# would buy little: both follow the same deterministic trajectory ever more exactly). The time per image is
-# the wall time of generating the set divided by its size, on this profile's device.
+# The classifier FD is biased upwards at small n, so only rows with the same n are compared: every
+# setting of at most `quality_max_steps` network calls per image is drawn `samples_per_setting` times; the
+# costlier ancestral rows (250, 1000 steps) `long_row_samples` times, and they are compared only in a second
+# block of the table where every setting enters with its first `long_row_samples` samples (None: one block,
+# every row at `samples_per_setting`). Each proxy number carries a 95 % interval over the samples (jackknife
+# for FD and KID, percentile bootstrap for the accuracy) (`diffusion.metrics.intervals`); KID
+# (`diffusion.metrics.kid`) is unbiased in n. DDIM and DPM-Solver++ run only up to `quality_max_steps` steps
+# (their 1000-step cost would buy little: both follow the same deterministic trajectory ever more exactly).
+# The time per image is the wall time of generating the set divided by its size, on this profile's device.
 
 # %%
 steps_list = sorted({min(int(s), T) for s in step_counts}, reverse=True)
-res = {}
 SAMPLER_TITLES = {"ancestral": "祖先采样（跳步）", "ddim": "DDIM（η = 0）", "dpmpp2m": "DPM-Solver++(2M)"}
 n_steps = int(samples_per_setting)
+n_long = n_steps if long_row_samples is None else min(int(long_row_samples), n_steps)
 y_steps = np.arange(n_steps) % K
+res, sub = {}, {}  # every setting at its own n; every setting at n_long (its first n_long samples)
 for smp in SAMPLER_TITLES:
     for S in steps_list:
         if smp != "ancestral" and S > quality_max_steps:
             continue
-        out = experiments.generate(art, tm, n_steps, sampler=smp, steps=S, y=y_steps, seed=seed, tag="steps")
-        res[smp, S] = dict(images=out["images"], spi=out["seconds_per_image"], **scored(out["images"], y_steps))
+        n = n_steps if S <= quality_max_steps else n_long
+        out = experiments.generate(art, tm, n, sampler=smp, steps=S, y=y_steps[:n], seed=seed, tag="steps")
+        res[smp, S] = dict(images=out["images"], spi=out["seconds_per_image"], **scored(out["images"], y_steps[:n]))
+        sub[smp, S] = res[smp, S] if n == n_long else dict(
+            images=out["images"][:n_long], spi=out["seconds_per_image"], **scored(out["images"][:n_long], y_steps[:n_long]))
         r = res[smp, S]
-        print(f"{smp:9s} {S:5d} steps, n = {n_steps}: classifier FD {format_ci(r['cfd'])}, KID {format_ci(r['kid'])}, "
+        print(f"{smp:9s} {S:5d} steps, n = {n}: classifier FD {format_ci(r['cfd'])}, KID {format_ci(r['kid'])}, "
               f"accuracy {format_ci(r['acc'])}%, {r['spi']:.3f} s/image")
-rows = [[SAMPLER_TITLES[smp], str(S), str(r["n"]), format_ci(r["cfd"]), format_ci(r["kid"]), format_ci(r["acc"], "{:.1f}"),
-         f"{r['spi']:.3f}"] for (smp, S), r in res.items()]
+
+
+def step_row(smp: str, S: int, r: dict) -> list[str]:
+    return [SAMPLER_TITLES[smp], str(S), str(r["n"]), format_ci(r["cfd"]), format_ci(r["kid"]),
+            format_ci(r["acc"], "{:.1f}"), f"{r['spi']:.3f}"]
+
+
+if n_long == n_steps:
+    rows = [step_row(smp, S, r) for (smp, S), r in res.items()]
+else:
+    rows = [report.TableGroup(f"每幅图像至多 {quality_max_steps} 次网络调用的设置，$n = {n_steps}$")]
+    rows += [step_row(smp, S, r) for (smp, S), r in res.items() if S <= quality_max_steps]
+    rows += [report.TableGroup(f"全部设置，各取前 {n_long} 幅样本，$n = {n_long}$")]
+    rows += [step_row(smp, S, r) for (smp, S), r in sub.items()]
 art.save_table("sampling_steps", report.booktabs_tabular(  # intervals: 95 %, stated in the thesis caption
     ["采样器", "步数", "$n$", "分类器 FD", "KID", "条件准确率（\\%）", "单张耗时（秒）"],
-    [[report.escape_latex(c) for c in r] for r in rows], align="lrrrrrr", escape=False),
-    config={"n": n_steps, "bootstrap_resamples": bootstrap_resamples, "quality_max_steps": quality_max_steps})
-full = res["ancestral", steps_list[0]]
+    [r if isinstance(r, report.TableGroup) else [report.escape_latex(c) for c in r] for r in rows],
+    align="lrrrrrr", escape=False),
+    config={"n": n_steps, "n_long": n_long, "bootstrap_resamples": bootstrap_resamples,
+            "quality_max_steps": quality_max_steps})
+full = res["ancestral", steps_list[0]]  # at n_long
 art.number("ConfidenceLevel", 100 * full["cfd"]["level"], "{:g}")  # of every interval in this notebook
 art.number("StepsSamples", n_steps, "{:d}")
+art.number("StepsLongSamples", n_long, "{:d}")
+art.number("StepsMaxCalls", int(quality_max_steps), "{:d}")
 art.number("StepsFullSteps", steps_list[0], "{:d}")
 art.number("StepsTimeFull", full["spi"], "{:.3f}")
 art.number("StepsCfdFull", format_ci(full["cfd"], part="estimate"))
 art.number("StepsCfdFullInterval", format_ci(full["cfd"], part="interval"))
+art.number("StepsKidFull", format_ci(full["kid"]))
+few = min((S for S in steps_list if ("dpmpp2m", S) in res and S >= 20), default=None)  # DPM-Solver++ at 20 steps
 if ("ddim", 50) in res:
     art.number("StepsTimeFifty", res["ddim", 50]["spi"], "{:.3f}")
     art.number("StepsCallRatio", steps_list[0] / 50, "{:g}")  # network calls: full ancestral / DDIM-50
-    for name, r in (("StepsCfdFifty", res["ddim", 50]), ("StepsCfdFiftyAncestral", res["ancestral", 50])):
+    for name, r in (("StepsCfdFifty", sub["ddim", 50]), ("StepsCfdFiftyAncestral", sub["ancestral", 50])):
         art.number(name, format_ci(r["cfd"], part="estimate"))
         art.number(name + "Interval", format_ci(r["cfd"], part="interval"))
-    for name, a, b in (("StepsDdimVsFull", res["ddim", 50], full),
-                       ("StepsDdimVsAncestral", res["ddim", 50], res["ancestral", 50]),
-                       ("StepsAncestralFiftyVsFull", res["ancestral", 50], full)):
-        d = difference(a, b)
-        art.number(name + "Diff", format_ci(d))
-        art.number(name + "Verdict", verdict(d))
+    art.number("StepsKidFifty", format_ci(sub["ddim", 50]["kid"]))
+    pairs = [("StepsDdimVsFull", sub["ddim", 50], full), ("StepsAncestralFiftyVsFull", sub["ancestral", 50], full),
+             ("StepsDdimVsAncestral", res["ddim", 50], res["ancestral", 50])]  # the last at n_steps
+    if few is not None:
+        art.number("StepsDpmSteps", few, "{:d}")
+        art.number("StepsKidDpm", format_ci(sub["dpmpp2m", few]["kid"]))
+        pairs.append(("StepsDpmVsFull", sub["dpmpp2m", few], full))
+    for name, a, b in pairs:
+        for metric, suffix in (("cfd", ""), ("kid", "Kid")):
+            d = difference(a, b, metric)
+            art.number(name + suffix + "Diff", format_ci(d))
+            art.number(name + suffix + "Verdict", verdict(d))
 else:
     for name in ("StepsTimeFifty", "StepsCallRatio", "StepsCfdFifty", "StepsCfdFiftyAncestral", "StepsCfdFiftyInterval",
-                 "StepsCfdFiftyAncestralInterval", "StepsDdimVsFullDiff", "StepsDdimVsFullVerdict", "StepsDdimVsAncestralDiff",
-                 "StepsDdimVsAncestralVerdict", "StepsAncestralFiftyVsFullDiff", "StepsAncestralFiftyVsFullVerdict"):
+                 "StepsCfdFiftyAncestralInterval", "StepsKidFifty", "StepsDdimVsFullDiff", "StepsDdimVsFullVerdict",
+                 "StepsDdimVsAncestralDiff", "StepsDdimVsAncestralVerdict", "StepsAncestralFiftyVsFullDiff",
+                 "StepsAncestralFiftyVsFullVerdict", "StepsDdimVsFullKidDiff", "StepsDdimVsFullKidVerdict",
+                 "StepsDdimVsAncestralKidDiff", "StepsDdimVsAncestralKidVerdict", "StepsAncestralFiftyVsFullKidDiff",
+                 "StepsAncestralFiftyVsFullKidVerdict"):
         art.number(name, "n/a (50 steps not in this profile)")
+if few is None:
+    for name in ("StepsDpmSteps", "StepsKidDpm", "StepsDpmVsFullDiff", "StepsDpmVsFullVerdict", "StepsDpmVsFullKidDiff",
+                 "StepsDpmVsFullKidVerdict"):
+        art.number(name, "n/a (DPM-Solver++ at 20 or more steps not in this profile)")
 
 ncol = min(6, n_steps)
 cell = min(0.3, (report.FULL_WIDTH_IN - 0.7) / (len(SAMPLER_TITLES) * ncol))  # inches per image; 0.7 in for labels
@@ -177,11 +217,11 @@ art.save_figure(fig, "sampling_steps")
 fig, ax = plt.subplots(figsize=(4, 2.8))
 for smp in SAMPLER_TITLES:
     done = [S for S in steps_list if (smp, S) in res]
-    ax.errorbar([res[smp, S]["spi"] for S in done], [res[smp, S]["cfd"]["estimate"] for S in done],
-                yerr=np.clip([[res[smp, S]["cfd"]["estimate"] - res[smp, S]["cfd"]["low"] for S in done],
-                              [res[smp, S]["cfd"]["high"] - res[smp, S]["cfd"]["estimate"] for S in done]], 0, None),
+    ax.errorbar([res[smp, S]["spi"] for S in done], [res[smp, S]["kid"]["estimate"] for S in done],
+                yerr=np.clip([[res[smp, S]["kid"]["estimate"] - res[smp, S]["kid"]["low"] for S in done],
+                              [res[smp, S]["kid"]["high"] - res[smp, S]["kid"]["estimate"] for S in done]], 0, None),
                 fmt="o-", capsize=2, label=SAMPLER_TITLES[smp])
-ax.set_xscale("log"), ax.set_xlabel("单张耗时（秒）"), ax.set_ylabel("分类器 FD")
+ax.set_xscale("log"), ax.set_xlabel("单张耗时（秒）"), ax.set_ylabel("KID（与 $n$ 无关）")
 ax.legend()
 plt.show()
 
@@ -308,23 +348,29 @@ art.number("NNMinDistance", float(dist[:, 0].min()), "{:.2f}", dataset=tu.data.l
 
 # %%
 x_test = experiments.load_data(uncond, "test", tu.cfg).images[:bpd_images]
+BPD_VARIANCES = {"fixed_large": ("fixed_large", "ddpm_code"), "fixed_large_paper": ("fixed_large", "paper"),
+                 "fixed_small": ("fixed_small", "ddpm_code")}
+bpd_diffusions = {name: GaussianDiffusion(tu.diffusion.betas, tu.diffusion.model_mean_type, var, tu.diffusion.loss_type, dv)
+                  for name, (var, dv) in BPD_VARIANCES.items()}
+
+
+def bpd_work(folder):
+    """One network call per image and term, shared by the three variances (diffusion.likelihood)."""
+    dev = next(tu.model.parameters()).device
+    x0 = x_test.to(dev).float() / 127.5 - 1
+    g = torch.Generator(device=dev).manual_seed(seed)
+    b = bpd_for_variances(bpd_diffusions, tu.model, x0, batch_size=128, generator=g, progress=True)
+    return {f"{name}.{k}": b[name][k].cpu().numpy() for name in b for k in ("total_bpd", "prior_bpd", "vb")}
+
+
+r = art.cached({"model": tu.entry.key, "variances": BPD_VARIANCES, "n": bpd_images, "seed": seed,
+                "data": report.data_digest(x_test)}, bpd_work, kind="bpd",
+               modules=["diffusion.gaussian_diffusion", "diffusion.likelihood"]).result
 bres = {}
-for name, var, dv in (("fixed_large", "fixed_large", "ddpm_code"), ("fixed_large_paper", "fixed_large", "paper"),
-                      ("fixed_small", "fixed_small", "ddpm_code")):
-    diff = GaussianDiffusion(tu.diffusion.betas, tu.diffusion.model_mean_type, var, tu.diffusion.loss_type, dv)
-
-    def work(folder, diff=diff):
-        dev = next(tu.model.parameters()).device
-        x0 = x_test.to(dev).float() / 127.5 - 1
-        g = torch.Generator(device=dev).manual_seed(seed)
-        b = diff.calc_bpd_loop(tu.model, x0, progress=True, t_batch=max(1, 64 // len(x0)), generator=g)
-        return {k: b[k].cpu().numpy() for k in ("total_bpd", "prior_bpd", "vb")}
-
-    r = art.cached({"model": tu.entry.key, "var": var, "decoder_variance": dv, "n": bpd_images, "seed": seed,
-                    "data": report.data_digest(x_test)}, work, kind="bpd",
-                   modules=["diffusion.gaussian_diffusion"]).result
-    bres[name] = dict(total=r["total_bpd"].mean(), prior=r["prior_bpd"].mean(), l0=r["vb"][:, 0].mean(),
-                      mid=r["vb"][:, 1:].sum(1).mean(), per_image=r["total_bpd"])
+for name in BPD_VARIANCES:
+    total, prior, vb = r[f"{name}.total_bpd"], r[f"{name}.prior_bpd"], r[f"{name}.vb"]
+    bres[name] = dict(total=total.mean(), prior=prior.mean(), l0=vb[:, 0].mean(), mid=vb[:, 1:].sum(1).mean(),
+                      per_image=total)
     print(f"{name}: {bres[name]['total']:.3f} bits/dim (L_T {bres[name]['prior']:.4f}, L_0 {bres[name]['l0']:.3f})")
 bpd_labels = {"fixed_large": (r"$\sigma_t^2=\beta_t$（fixed-large）", r"$\sigma_1^2=\tilde\beta_2$（DDPM 代码）"),
               "fixed_large_paper": (r"$\sigma_t^2=\beta_t$（fixed-large）", r"$\sigma_1^2=\beta_1$（论文正文）"),

@@ -94,7 +94,7 @@ def test_cached_interrupted_leaves_no_entry(fake_pkg, tmp_path):
     with pytest.raises(ValueError, match="kind"):
         report.cached({"a": 1}, lambda d: {}, kind="a/b", notebook="n", profile="smoke", cache_root=tmp_path)
     with pytest.raises(ValueError, match="profile"):
-        report.cached({"a": 1}, lambda d: {}, kind="k", notebook="n", profile="long", cache_root=tmp_path)
+        report.cached({"a": 1}, lambda d: {}, kind="k", notebook="n", profile="huge", cache_root=tmp_path)
 
 
 def test_data_digest_sensitive_to_pixels_and_labels():
@@ -209,3 +209,12 @@ def test_latex_sci():
     assert latex_sci(-12345, 2) == r"$-1.23\times10^{4}$"
     with pytest.raises(ValueError):
         latex_sci(float("nan"))
+
+
+def test_booktabs_groups_head_their_rows():
+    tab = report.booktabs_tabular(["a", "b"], [report.TableGroup("$n = 5$"), [1, 2], report.TableGroup("n_2"), [3, 4]],
+                                  escape=True)
+    lines = tab.splitlines()
+    first, second = lines.index(r"\multicolumn{2}{l}{\$n = 5\$} \\"), lines.index(r"\multicolumn{2}{l}{n\_2} \\")
+    assert lines[first - 1] == r"\midrule" and lines[first + 1] == r"1 & 2 \\"  # no doubled rule under the header
+    assert lines[first - 2] == r"a & b \\" and lines[second - 1] == r"\midrule" and lines[second + 1] == r"3 & 4 \\"

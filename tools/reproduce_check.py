@@ -5,7 +5,8 @@
 
 The check clones this repository's HEAD into a temporary folder, runs ``make figures PROFILE=<profile>``
 there with an empty cache (``DDPM_CACHE_DIR`` and ``DDPM_CACHE`` inside the temporary folder; the virtual
-environment of this checkout is reused through ``VENV=...``, never reinstalled) and compares the
+environment of this checkout is reused through ``VENV=...``, never reinstalled; ``DDPM_RETRAIN=1``, so the
+models are trained again rather than read from the committed ``weights/``) and compares the
 ``figures/<profile>/numbers.tex`` it produced with the committed one, macro by macro.
 
 Every number must match as an exact string: the pipeline is deterministic on the CPU. The exceptions are
@@ -122,7 +123,9 @@ def regenerate(root: Path, profile: str, venv: Path, work: Path) -> tuple[str, s
         raise RuntimeError(f"commit {head} has no figures/{profile}/numbers.tex to compare with")
     committed = numbers.read_text(encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}  # a fresh make
-    env.update(DDPM_CACHE_DIR=str(work / "cache"), DDPM_CACHE=str(work / "cache-data"), PYTHONPATH=str(clone))
+    # DDPM_RETRAIN: committed weights (weights/<profile>/) would skip the training being reproduced
+    env.update(DDPM_CACHE_DIR=str(work / "cache"), DDPM_CACHE=str(work / "cache-data"), PYTHONPATH=str(clone),
+               DDPM_RETRAIN="1")
     where = _run([str(venv / "bin" / "python"), "-c", "import diffusion; print(diffusion.__file__)"],
                  cwd=clone / "notebooks", env=env, capture_output=True, text=True)
     if where.returncode != 0 or not Path(where.stdout.strip()).resolve().is_relative_to(clone.resolve()):

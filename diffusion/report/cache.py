@@ -4,6 +4,13 @@ A result is stored under ``cache/<profile>/<kind>/<key>/``, where the key is a S
 notebook's name, the sources of the ``diffusion`` modules the work depends on (with everything they import
 from the package), the torch version, the configuration and the data digest. A changed input gives a new key, so an entry is
 never reused for inputs it was not computed from.
+
+Committed weights: an entry exported by ``tools/export_weights.py`` to ``weights/<profile>/<kind>/<key>/``
+(trained models without their optimiser state) is copied into the cache when its key is asked for and the
+cache lacks it, so a reader samples from the profile's trained models instead of training them again. The key
+is the same hash, so this happens only for exactly the code, configuration, data and torch version the
+weights were trained with. ``DDPM_RETRAIN=1`` ignores them (a reproduction from scratch);
+``DDPM_WEIGHTS_DIR`` moves the folder.
 """
 
 from __future__ import annotations
@@ -109,12 +116,27 @@ def data_digest(images: Any, labels: Any = None, name: str = "") -> str:
 
 @dataclass
 class CacheEntry:
-    """A finished cache entry: its folder, its key, the stored result, and whether it was reused."""
+    """A finished cache entry: its folder, its key, the stored result, whether it was reused, and where it
+    came from: ``computed`` now, the ``cache``, or committed ``weights``."""
 
     path: Path
     key: str
     result: dict
     hit: bool
+    source: str = "cache"
+
+
+def weights_root() -> Path:
+    """The folder of committed weights: ``$DDPM_WEIGHTS_DIR``, else ``<repo>/weights``."""
+    return Path(os.environ.get("DDPM_WEIGHTS_DIR") or repo_root() / "weights")
+
+
+def committed_entry(profile: str, kind: str, key: str) -> Path | None:
+    """The committed copy of entry ``<profile>/<kind>/<key>``, or None (none, or ``DDPM_RETRAIN=1``)."""
+    if os.environ.get("DDPM_RETRAIN", "") not in ("", "0"):
+        return None
+    path = weights_root() / profile / kind / key
+    return path if (path / "result.json").is_file() else None
 
 
 def _store_result(path: Path, result: Mapping | None) -> None:
@@ -167,6 +189,16 @@ def cached(key_parts: Mapping[str, Any], fn: Callable[[Path], Mapping | None], k
     final = root / profile / kind / key
     if (final / "result.json").is_file():
         return CacheEntry(final, key, _load_result(final), True)
+    committed = committed_entry(profile, kind, key)
+    if committed is not None:
+        staging = final.with_name(key + ".weights")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(committed, staging)
+        if final.exists():
+            shutil.rmtree(staging)
+        else:
+            os.replace(staging, final)
+        return CacheEntry(final, key, _load_result(final), True, "weights")
     partial = final.with_name(key + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
     (partial / "inputs.json").write_text(json.dumps(inputs, indent=1, sort_keys=True))
@@ -176,6 +208,6 @@ def cached(key_parts: Mapping[str, Any], fn: Callable[[Path], Mapping | None], k
         shutil.rmtree(partial)
     else:
         os.replace(partial, final)
-    return CacheEntry(final, key, _load_result(final), False)
+    return CacheEntry(final, key, _load_result(final), False, "computed")
 
 

@@ -1,0 +1,74 @@
+"""Committed weights (tools/export_weights.py → weights/<profile>/…): a notebook asking for the same key gets
+the exported model back without training, bit for bit; ``DDPM_RETRAIN=1`` and any change of key ignore it."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+import diffusion.train
+from diffusion import experiments, report
+from diffusion.checkpoint import load_checkpoint
+from tests.test_weights_used import flat, tiny_cfg, tiny_data
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _export_main():
+    spec = importlib.util.spec_from_file_location("export_weights", ROOT / "tools" / "export_weights.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    monkeypatch.setattr(experiments, "load_run_config", lambda spec: tiny_cfg(sample_every=[3]))
+    monkeypatch.setattr(experiments, "load_data", lambda spec, split="train", cfg=None: tiny_data())
+
+
+def test_exported_weights_replace_training_exactly(tiny, tmp_path, monkeypatch, capsys):
+    cache, weights = tmp_path / "cache", tmp_path / "weights"
+    monkeypatch.setenv("DDPM_WEIGHTS_DIR", str(weights))
+    monkeypatch.delenv("DDPM_RETRAIN", raising=False)
+    art = report.Artefacts("smoke", "04_training", tmp_path / "out", cache_root=cache)
+    spec = {"stage": {"num": 4, "steps": 2}}
+    trained = experiments.trained_model(art, spec, "cond", dev=torch.device("cpu"))
+    assert trained.entry.source == "computed"
+
+    assert _export_main()(["--profile", "smoke", "--cache-dir", str(cache), "--kinds", "train-*"]) == 0
+    exported = weights / "smoke" / "train-cond" / trained.entry.key
+    state = load_checkpoint(exported / "run" / "checkpoints")
+    assert "optimizer" not in state and {"model", "ema"} <= set(state)
+    assert (exported / "run" / "metrics.jsonl").is_file() and list((exported / "run" / "samples").glob("step_*.npz"))
+
+    # a fresh cache: the same key is served from the weights; training would fail loudly
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained although committed weights match")
+
+    monkeypatch.setattr(diffusion.train, "Trainer", no_training)
+    art2 = report.Artefacts("smoke", "04_training", tmp_path / "out2", cache_root=tmp_path / "cache2")
+    again = experiments.trained_model(art2, spec, "cond", dev=torch.device("cpu"))
+    assert again.entry.source == "weights" and again.entry.key == trained.entry.key
+    assert torch.equal(flat(again.model.parameters()), flat(trained.model.parameters()))
+    assert torch.equal(flat(again.raw_model.parameters()), flat(trained.raw_model.parameters()))
+    assert [s for s, _ in again.stage_samples()] == [s for s, _ in trained.stage_samples()] == [3]
+    assert again.metrics == trained.metrics
+    # the second time it is an ordinary cache hit
+    assert experiments.trained_model(art2, spec, "cond", dev=torch.device("cpu")).entry.source == "cache"
+
+    # DDPM_RETRAIN=1, or another key (a changed config), trains instead
+    monkeypatch.setenv("DDPM_RETRAIN", "1")
+    art3 = report.Artefacts("smoke", "04_training", tmp_path / "out3", cache_root=tmp_path / "cache3")
+    with pytest.raises(AssertionError, match="trained although"):
+        experiments.trained_model(art3, spec, "cond", dev=torch.device("cpu"))
+    monkeypatch.delenv("DDPM_RETRAIN")
+    monkeypatch.setattr(experiments, "load_run_config", lambda spec: tiny_cfg(sample_every=[3], lr=1e-3))
+    with pytest.raises(AssertionError, match="trained although"):
+        experiments.trained_model(art3, spec, "cond", dev=torch.device("cpu"))
+
+
+def test_export_refuses_an_empty_cache(tmp_path, capsys):
+    assert _export_main()(["--profile", "smoke", "--cache-dir", str(tmp_path), "--out", str(tmp_path / "w")]) == 2
+    assert "no cache for profile" in capsys.readouterr().err
