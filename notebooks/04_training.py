@@ -114,11 +114,15 @@ art.save_figure(fig, "loss_curve", dataset=" / ".join(dict.fromkeys(data_zh.valu
 stages = [(w, step, imgs) for w, tm in models.items() for step, imgs in tm.stage_samples()]
 if stages:
     ncol = min(stage_samples, min(len(imgs) for _, _, imgs in stages))
-    cell = min(0.34, (report.FULL_WIDTH_IN - 1.6) / ncol)  # inches per image; 1.6 in for the row labels
-    fig, ax = plt.subplots(figsize=(cell * ncol + 1.6, cell * len(stages) + 0.4))
+    samplers_zh = {w: report.sampler_name_zh(tm.stage_sampler) for w, tm in models.items()}
+    one_sampler = len(set(samplers_zh.values())) == 1  # else each row names its model's stage sampler
+    labels_in = 1.6 if one_sampler else 2.4  # inches for the row labels
+    cell = min(0.34, (report.FULL_WIDTH_IN - labels_in) / ncol)  # inches per image
+    fig, ax = plt.subplots(figsize=(cell * ncol + labels_in, cell * len(stages) + 0.4))
     report.show_images(ax, np.concatenate([imgs[:ncol] for _, _, imgs in stages]), nrow=ncol,
-                       row_labels=[f"{label[w]}，第 {step:,} 步" for w, step, _ in stages])
-    ax.set_title(f"训练过程中的 EMA 样本（{report.sampler_name_zh(models['cond'].stage_sampler)}）")
+                       row_labels=[f"{label[w]}，第 {step:,} 步" + ("" if one_sampler else f"（{samplers_zh[w]}）")
+                                   for w, step, _ in stages])
+    ax.set_title("训练过程中的 EMA 样本" + (f"（{samplers_zh['cond']}）" if one_sampler else ""))
     art.save_figure(fig, "training_stages", dataset=" / ".join(dict.fromkeys(data_zh.values())))
 else:
     print("no stage samples: the configs set no train.sample_every")
@@ -156,7 +160,8 @@ if quality:
         err = np.clip([est - [q[metric]["low"] for _, q, _ in quality], [q[metric]["high"] for _, q, _ in quality] - est],
                       0, None)
         ax.errorbar(st, est, yerr=err, fmt="o-", capsize=2, color="C0")
-        ax.set_xscale("log"), ax.set_xlabel("训练步数"), ax.set_ylabel(ylabel)
+        ax.set_xlabel("训练步数"), ax.set_ylabel(ylabel)
+        ax.set_xlim(0, None)
     stage_steps = min(int((cond.get("stage") or {}).get("steps", 50)), tc.diffusion.num_timesteps)
     fig.suptitle(f"条件模型的阶段样本：{report.sampler_name_zh(tc.stage_sampler)} {stage_steps} 步，"
                  f"每个阶段 $n = {quality[0][1]['n']}$", fontsize="small")
