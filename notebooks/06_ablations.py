@@ -16,7 +16,7 @@
 # **Produces:** `tab:sampling-steps` (不同采样步数下的质量与速度), `fig:sampling-steps` (不同采样步数下的样本), `fig:eps-error`
 # (逐时间步的噪声预测误差), `tab:width-depth` (网络宽度与深度的消融), `fig:nearest-neighbours` (生成样本与训练集最近邻), `tab:bpd` (逐维比特数),
 # `tab:metrics-summary` (评价指标汇总).
-# **Runs:** about 7 min with profile quick on AMD EPYC (2 cores); on a GPU: not measured.
+# **Runs:** about 6 min with profile quick on AMD EPYC (2 cores); on a GPU: not measured.
 # **Cache:** reuses 04_training's trained U-Nets (trained here if 04 has not run yet), the proxy classifier,
 # generated samples, intermediate results from `cache/` when the inputs are unchanged (computed and stored
 # otherwise).
