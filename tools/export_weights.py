@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-DROPPED = ("optimizer", "optim", "scheduler", "lr_scheduler", "scaler", "grad_scaler")
+DROPPED = ("optimizer",)  # Adam's two moments: twice the size of the weights, needed only to train on
 
 
 def current(entry: Path) -> bool:

@@ -26,10 +26,15 @@ import numpy as np
 from .fid import activation_statistics, frechet_distance
 from .kid import KidToReference
 
-__all__ = ["FrechetToReference", "bootstrap_ci", "bootstrap_difference_ci", "format_ci", "jackknife_ci",
+__all__ = ["FrechetToReference", "bootstrap_ci", "format_ci", "jackknife_ci",
            "jackknife_difference_ci", "proxy_metrics_ci"]
 
 DEFAULT_RESAMPLES = 1000
+
+
+def _check_level(level: float) -> None:
+    if not 0.0 < float(level) < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level!r}")
 
 
 def bootstrap_ci(values, statistic: Callable[[np.ndarray], float], *, num_resamples: int = DEFAULT_RESAMPLES,
@@ -51,48 +56,13 @@ def bootstrap_ci(values, statistic: Callable[[np.ndarray], float], *, num_resamp
         raise ValueError(f"values must hold at least two samples along axis 0, got shape {values.shape}")
     if isinstance(num_resamples, bool) or not isinstance(num_resamples, int) or num_resamples < 10:
         raise ValueError(f"num_resamples must be an integer >= 10, got {num_resamples!r}")
-    if not 0.0 < float(level) < 1.0:
-        raise ValueError(f"level must lie in (0, 1), got {level!r}")
+    _check_level(level)
     n = values.shape[0]
     rng = np.random.default_rng(seed)
     reps = np.array([statistic(values[rng.integers(0, n, n)]) for _ in range(num_resamples)], dtype=np.float64)
     low, high = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
     return {"estimate": float(statistic(values)), "low": float(low), "high": float(high), "level": float(level),
             "num_resamples": num_resamples, "n": n}
-
-
-def bootstrap_difference_ci(values_a, values_b, statistic: Callable[[np.ndarray], float], *,
-                            statistic_b: Callable[[np.ndarray], float] | None = None,
-                            num_resamples: int = DEFAULT_RESAMPLES, level: float = 0.95, seed: int = 0) -> dict:
-    """Percentile bootstrap interval of statistic(values_a) − statistic_b(values_b) (``statistic_b``
-    defaults to ``statistic``) for two *independent* sets of samples (e.g. two models' features), each
-    resampled on its own; the difference is significant at this level when the interval excludes 0
-    (``"excludes_zero"``).
-
-    Returns ``{"estimate", "low", "high", "level", "num_resamples", "n_a", "n_b", "excludes_zero"}``.
-    """
-    values_a, values_b = np.asarray(values_a), np.asarray(values_b)
-    for name, v in (("values_a", values_a), ("values_b", values_b)):
-        if v.ndim < 1 or v.shape[0] < 2:
-            raise ValueError(f"{name} must hold at least two samples along axis 0, got shape {v.shape}")
-    if isinstance(num_resamples, bool) or not isinstance(num_resamples, int) or num_resamples < 10:
-        raise ValueError(f"num_resamples must be an integer >= 10, got {num_resamples!r}")
-    if not 0.0 < float(level) < 1.0:
-        raise ValueError(f"level must lie in (0, 1), got {level!r}")
-    na, nb = values_a.shape[0], values_b.shape[0]
-    stat_b = statistic if statistic_b is None else statistic_b
-    rng = np.random.default_rng(seed)
-    reps = np.array([statistic(values_a[rng.integers(0, na, na)]) - stat_b(values_b[rng.integers(0, nb, nb)])
-                     for _ in range(num_resamples)], dtype=np.float64)
-    low, high = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
-    return {"estimate": float(statistic(values_a) - stat_b(values_b)), "low": float(low), "high": float(high),
-            "level": float(level), "num_resamples": num_resamples, "n_a": na, "n_b": nb,
-            "excludes_zero": bool(low > 0 or high < 0)}
-
-
-def _check_level(level: float) -> None:
-    if not 0.0 < float(level) < 1.0:
-        raise ValueError(f"level must lie in (0, 1), got {level!r}")
 
 
 def jackknife_ci(values, statistic: Callable[[np.ndarray], float], *, level: float = 0.95) -> dict:
