@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU run of the throughput benchmark (issue 6), for the offline GPU machine (Python 3.12, torch 2.11,
+# The GPU run of the throughput benchmark, for the offline GPU machine (Python 3.12, torch 2.11,
 # no network). Run from anywhere; it works in the repository root. Needs the wheels in .whl/ (diffusers and
 # its missing dependencies, see benchmarks/README.md) carried along with the working tree.
 #

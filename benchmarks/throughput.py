@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Throughput of this project's DDPM U-Net against diffusers' ``UNet2DModel`` in one process (issue 6).
+"""Throughput of this project's DDPM U-Net against diffusers' ``UNet2DModel`` in one process.
 
 Both networks have the DDPM CIFAR-10 layout (channels 128·(1, 2, 2, 2), 2 residual blocks per level,
 attention at 16×16 with one head, dropout 0.1, 32×32×3; 35,746,307 parameters each) and are measured on
@@ -286,7 +286,8 @@ def source_digest() -> str:
 
 
 def compute_ratios(r: dict) -> None:
-    """Fill ``r["ratios"]`` (ours / diffusers bf16 eager) and ``r["targets"]`` (issue 6) from the figures."""
+    """Fill ``r["ratios"]`` (ours / diffusers bf16 eager) and ``r["targets"]`` (the throughput targets)
+    from the figures."""
     base_train = r["train"].get("diffusers_bf16_eager", {}).get("images_per_s")
     base_sample = r["sample"].get("diffusers_bf16_eager", {}).get("image_steps_per_s")
     ratios = {"train": {}, "sample": {}}

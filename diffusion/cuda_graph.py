@@ -1,4 +1,4 @@
-"""CUDA-graph capture of the sampling model call ε_θ(x_t, t[, y]) for a fixed batch shape (issue 6).
+"""CUDA-graph capture of the sampling model call ε_θ(x_t, t[, y]) for a fixed batch shape.
 
 A sampler calls the same network T (or ``steps``) times with tensors of one shape. Recording one forward
 pass as a CUDA graph and replaying it removes the per-kernel launch cost of the Python/ATen dispatch

@@ -1,4 +1,4 @@
-"""The CUDA fast path of sampling (issue 6): backend flags, bf16 autocast, channels_last, ``torch.compile``.
+"""The CUDA fast path of sampling: backend flags, bf16 autocast, channels_last, ``torch.compile``.
 
 Training has its fast path in ``diffusion.train`` (bf16 autocast, channels_last, compiled model, fused Adam,
 foreach EMA, no host synchronisation), switched by the config. Sampling uses this module:

@@ -135,7 +135,7 @@ class GaussianDiffusion:
             return t
         if t.is_floating_point() or t.is_complex():
             raise ValueError(f"t must hold integer timestep indices, got dtype {t.dtype}")
-        if t.is_cuda:  # checked on the device: no host synchronisation in the training step (issue 6)
+        if t.is_cuda:  # checked on the device: no host synchronisation in the training step
             if t.numel():
                 torch._assert_async(((t >= 0) & (t < self.num_timesteps)).all(),
                                     f"t must lie in [0, {self.num_timesteps})")

@@ -102,7 +102,7 @@ def sample(diffusion: GaussianDiffusion, model, shape, sampler: str = "ancestral
     With ``return_trajectory`` also returns x_t and the predicted x_0 at about ten steps.
     ``bf16`` runs the network under bf16 autocast with a float32 output (``diffusion.fast.Bf16Model``);
     ``None`` (default) means on CUDA only — the sampler's own arithmetic stays in float32 either way.
-    With ``cuda_graph`` (CUDA only; issue 6) the model call is captured once as a CUDA graph for this batch
+    With ``cuda_graph`` (CUDA only) the model call is captured once as a CUDA graph for this batch
     shape and replayed at every step (``diffusion.cuda_graph.GraphedModel``; eager fallback with a warning).
     """
     if sampler not in SAMPLERS:
@@ -137,7 +137,7 @@ def sample(diffusion: GaussianDiffusion, model, shape, sampler: str = "ancestral
     if return_trajectory:
         traj_steps = list(np.unique(np.linspace(0, T - 1, 10).round().astype(int)))
     with _eval_mode(model):
-        # --- optional CUDA-graph replay of the model call (issue 6) ---
+        # --- optional CUDA-graph replay of the model call ---
         if cuda_graph:
             from .cuda_graph import GraphedModel
             example_x = noise if noise is not None else torch.zeros(shape, device=device)

@@ -10,7 +10,7 @@ Then clip the gradient norm, take an Adam step and update the EMA of the weights
 running statistics (loss sums, EMA of the loss, gradient norm, first non-finite step) in tensors on the
 device and never synchronises with the host; they are read every ``log_every`` steps.
 
-Fast path on CUDA (issue 6): bf16 autocast, channels_last, fused Adam, ``torch._foreach`` EMA, optional
+Fast path on CUDA: bf16 autocast, channels_last, fused Adam, ``torch._foreach`` EMA, optional
 ``torch.compile`` of the model (``compile="model"``) or of the whole step (``compile="step"``: the loss
 computation and the update — clip, Adam, EMA, statistics — as two compiled graphs around ``backward``).
 On CPU the run is seeded and deterministic; a run interrupted at step k and resumed from its checkpoint

@@ -22,9 +22,9 @@ def pkg(tmp_path, monkeypatch):
 
 
 def edit(pkg, rel):
-    """Change a module of the copy the way any edit would (its bytes)."""
+    """Change the code of a module of the copy (a new statement)."""
     path = pkg / rel
-    path.write_text(path.read_text() + "\n# edited\n")
+    path.write_text(path.read_text() + "\n_EDITED = 1\n")
 
 
 class _Captured(Exception):

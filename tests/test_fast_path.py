@@ -1,5 +1,5 @@
 """The fast path (bf16 autocast, channels_last, torch.compile, CUDA-graph wrapper) computes what the plain
-fp32 path computes, within bf16 tolerance (issue 6): the ε-prediction, the L_simple loss of eq. (14), its
+fp32 path computes, within bf16 tolerance: the ε-prediction, the L_simple loss of eq. (14), its
 gradient, one full training step, and the sampler with ``cuda_graph=True``."""
 
 import os

@@ -54,6 +54,18 @@ def test_source_digest_follows_imports(fake_pkg):
         report.source_digest(["diffusion.nope"])
 
 
+def test_source_digest_hashes_code_not_comments_or_docstrings(fake_pkg):
+    b = fake_pkg / "b.py"
+    b.write_text('"""Module b."""\n\n\ndef f():\n    """Two."""\n    return 2  # the answer\n')
+    d = report.source_digest(["diffusion.b"])
+    b.write_text('"""Module b, reworded."""\n\ndef f():\n    """Returns two."""\n    # a comment\n    return (2)\n')
+    assert report.source_digest(["diffusion.b"]) == d  # docstrings, comments, layout
+    for code in ('def f():\n    return 3\n', 'def g():\n    return 2\n', 'def f():\n    "Two."\n    return "2"\n',
+                 'def f():\n    return 2\n\n\nclass C:\n    """doc"""\n'):
+        b.write_text(code)  # a constant, a name, a type, a new class
+        assert report.source_digest(["diffusion.b"]) != d, code
+
+
 def test_cached_reuses_and_invalidates(fake_pkg, tmp_path):
     calls = []
 

@@ -2,8 +2,8 @@
 
     .venv/bin/python tools/export_weights.py --profile long [--kinds train-cond,train-uncond]
 
-For every finished cache entry of the given kinds whose key is current (the sources, modules and torch
-version recorded in its ``inputs.json`` are those of the working tree) the tool writes
+For every finished cache entry of the given kinds whose key is current (the key this working tree gives the
+inputs recorded in its ``inputs.json``: same code, Python and torch version) the tool writes
 ``weights/<profile>/<kind>/<key>/`` with what a notebook reads back: ``inputs.json``, ``result.json``, the run's
 ``config.json``, ``metrics.jsonl`` and stage samples (``samples/*.npz``), and its newest checkpoint without
 the optimiser state (EMA and raw weights, step, configuration). ``diffusion.report.cache.cached`` copies such a
@@ -27,14 +27,13 @@ DROPPED = ("optimizer",)  # Adam's two moments: twice the size of the weights, n
 
 
 def current(entry: Path) -> bool:
-    """Whether the entry's recorded sources and torch version are those of this tree."""
-    from diffusion.report.cache import source_digest
-    from diffusion.report.provenance import torch_version
+    """Whether the entry's key is the one this tree gives its recorded inputs (same code, Python, torch)."""
+    from diffusion.report.cache import cache_key
 
     inputs = json.loads((entry / "inputs.json").read_text())
     modules = inputs.get("modules")
-    digest = source_digest(None if modules == "diffusion/**" else modules)
-    return inputs.get("sources") == digest and inputs.get("torch") == torch_version()
+    key, _ = cache_key(inputs["parts"], inputs["notebook"], None if modules == "diffusion/**" else modules)
+    return key == entry.name
 
 
 def export(entry: Path, target: Path) -> int:

@@ -1,4 +1,4 @@
-"""Evaluation of trained diffusion models (section 4.1.3 and issue 4).
+"""Evaluation of trained diffusion models (section 4.1.3).
 
 One concept per module:
 

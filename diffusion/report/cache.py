@@ -1,9 +1,11 @@
 """The content-keyed cache of expensive notebook work (training, sampling, feature statistics).
 
 A result is stored under ``cache/<profile>/<kind>/<key>/``, where the key is a SHA-256 of the producing
-notebook's name, the sources of the ``diffusion`` modules the work depends on (with everything they import
-from the package), the torch version, the configuration and the data digest. A changed input gives a new key, so an entry is
-never reused for inputs it was not computed from.
+notebook's name, the code of the ``diffusion`` modules the work depends on (with everything they import
+from the package), the torch version, the configuration and the data digest. A changed input gives a new key,
+so an entry is never reused for inputs it was not computed from. The code is hashed as its syntax tree
+without docstrings: comments, docstrings and layout never change a result, so editing them keeps every
+entry (and the committed weights) valid, while any change to a statement, name or constant gives a new key.
 
 Committed weights: an entry exported by ``tools/export_weights.py`` to ``weights/<profile>/<kind>/<key>/``
 (trained models without their optimiser state) is copied into the cache when its key is asked for and the
@@ -21,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,13 +73,27 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
+def code_of(path: Path) -> bytes:
+    """The code of a module as hashed: its syntax tree (``ast.dump``, no line numbers) without the docstrings
+    of the module, its classes and functions. Comments and layout are not in the tree. The dump's format
+    belongs to the Python version, which therefore is part of every key as well."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(
+                    first.value.value, str):
+                node.body = node.body[1:]
+    return ast.dump(tree, include_attributes=False).encode()
+
+
 def source_digest(modules: Sequence[str] | None = None) -> str:
-    """SHA-256 of the sources the cached work depends on.
+    """SHA-256 of the code (:func:`code_of`) the cached work depends on.
 
     The ``diffusion.report`` package is never hashed: it holds only the style, writers and cache
-    mechanics, which never change a cached result. ``modules=None`` hashes every other ``diffusion/**/*.py``. Otherwise the named modules (``"diffusion.train"``)
-    and, transitively, every ``diffusion`` module they import are hashed, so an edit to an unrelated
-    module (say, the metrics) leaves a training entry valid.
+    mechanics, which never change a cached result. ``modules=None`` hashes every other ``diffusion/**/*.py``.
+    Otherwise the named modules (``"diffusion.train"``) and, transitively, every ``diffusion`` module they
+    import are hashed, so an edit to an unrelated module (say, the metrics) leaves a training entry valid.
     """
     if modules is None:
         files = sorted(p for p in PACKAGE_DIR.rglob("*.py") if not _is_report(p))
@@ -99,7 +116,7 @@ def source_digest(modules: Sequence[str] | None = None) -> str:
         files = sorted(set(seen.values()))
     h = hashlib.sha256()
     for path in files:
-        h.update(str(path.relative_to(PACKAGE_DIR)).encode() + b"\0" + path.read_bytes() + b"\0")
+        h.update(str(path.relative_to(PACKAGE_DIR)).encode() + b"\0" + code_of(path) + b"\0")
     return h.hexdigest()
 
 
@@ -157,13 +174,14 @@ def _load_result(path: Path) -> dict:
 
 
 def cache_key(key_parts: Mapping[str, Any], notebook: str, modules: Sequence[str] | None = None) -> tuple[str, dict]:
-    """(key, described inputs): SHA-256 over the notebook name, :func:`source_digest`, the torch version
-    and ``key_parts`` (config, data digest, seeds, ...), serialised as canonical JSON."""
+    """(key, described inputs): SHA-256 over the notebook name, :func:`source_digest`, the Python (major.minor)
+    and torch versions and ``key_parts`` (config, data digest, seeds, ...), serialised as canonical JSON."""
     if not isinstance(key_parts, Mapping):
         raise ValueError(f"key_parts must be a dict of what determines the work, got {type(key_parts).__name__}")
     inputs = {"notebook": notebook, "sources": source_digest(modules),
               "modules": sorted(modules) if modules is not None else "diffusion/**",
-              "torch": torch_version(), "parts": jsonable(key_parts)}
+              "python": "{}.{}".format(*sys.version_info[:2]), "torch": torch_version(),
+              "parts": jsonable(key_parts)}
     blob = json.dumps(inputs, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:24], inputs
 
