@@ -99,7 +99,7 @@ bench: $(STAMP)
 
 # Not part of `make test`: mutmut over the modules of docs/testing.md, in build/mutation/.
 mutation: $(STAMP)
-	nice -n 15 $(PYTHON) tools/mutation.py $(if $(MODULES),--modules $(MODULES),)
+	nice -n 15 $(PYTHON) tools/mutation.py $(if $(MODULES),--modules $(MODULES),) $(if $(RESUME),--resume,)
 
 clean:
 	rm -rf build thesis/build figures/smoke

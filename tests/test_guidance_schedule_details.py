@@ -42,9 +42,9 @@ def test_guidance_validation_messages():
     for bad in (0, -2, "3", 2.0):
         with pytest.raises(ValueError, match="null_class must be the positive index K"):
             ClassifierFreeGuidance(Net(), 2.0, null_class=bad)
-    with pytest.raises(ValueError, match="guidance_scale must be a number, got NaN"):
+    with pytest.raises(ValueError, match=r"^guidance_scale must be a number, got NaN$"):
         ClassifierFreeGuidance(Net(), float("nan"), null_class=3)
-    with pytest.raises(ValueError, match="classifier-free guidance needs class labels y"):
+    with pytest.raises(ValueError, match=r"^classifier-free guidance needs class labels y$"):
         ClassifierFreeGuidance(Net(), 2.0, null_class=3)(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long))
 
 

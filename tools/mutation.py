@@ -8,11 +8,18 @@ The run happens in a scratch copy (``build/mutation/`` by default), never in the
    would be skipped (the decorator only switches autograd off; no test depends on it);
 3. a ``[tool.mutmut]`` section names the modules and the test files relevant to them; mutmut records which
    tests reach which function and runs, per mutant, only those;
-4. ``mutmut run`` (``--max-children`` = ``--jobs``), then a per-module summary: killed, survived, timeouts,
-   no tests, not (yet) checked, and the kill rate (killed + timeout) / (checked mutants that a test reaches).
+4. ``mutmut run`` (``--max-children`` = ``--jobs``), then a per-module summary: killed, timeouts, survivors
+   explained in docs/testing.md (equivalent, or visible only on CUDA), other survivors, mutants no test
+   reaches, not (yet) checked, and the score (killed + timeout) / (checked − explained); every survivor not
+   explained is printed by name.
 
 ``--tests-from DIR`` takes ``tests/`` from another checkout (e.g. an older commit, for a before/after
 comparison of the same modules).
+
+``--resume`` continues a stopped run in the same ``--work`` folder: the sources and tests are copied in
+again (mutmut resets the mutants of every function whose source changed, and collects which functions the
+new tests reach), the unchecked mutants are run, and then every survivor is checked again against the
+current tests. A killed mutant stays killed: tests are only ever added.
 """
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "testing.md"  # its table of explained survivors
 
 # module -> the test files that exercise it (mutmut then narrows to the tests that reach each function)
 TESTS = {
@@ -33,13 +41,14 @@ TESTS = {
                   "test_bound_closed_form", "test_sampler_recurrences"],
     "losses": ["test_losses", "test_gaussian_diffusion", "test_bound_closed_form"],
     "gaussian_diffusion": ["test_gaussian_diffusion", "test_bound_closed_form", "test_samplers",
-                           "test_sampler_recurrences", "test_metrics_nll"],
-    "respace": ["test_samplers", "test_sampler_recurrences"],
-    "samplers": ["test_samplers", "test_sampler_recurrences", "test_weights_used"],
+                           "test_sampler_recurrences", "test_metrics_nll", "test_likelihood", "test_ddpm_variant",
+                           "test_diffusion_interface"],
+    "respace": ["test_samplers", "test_sampler_recurrences", "test_respace"],
+    "samplers": ["test_samplers", "test_sampler_recurrences", "test_weights_used", "test_sampler_plumbing"],
     "guidance": ["test_samplers", "test_sampler_recurrences", "test_guidance_schedule_details"],
-    "ema": ["test_checkpoint", "test_train", "test_weights_used"],
-    "train": ["test_train", "test_weights_used"],
-    "unet": ["test_unet", "test_unet_structure"],
+    "ema": ["test_checkpoint", "test_train", "test_weights_used", "test_ema_legacy_state"],
+    "train": ["test_train", "test_weights_used", "test_runs", "test_train_helpers"],
+    "unet": ["test_unet", "test_unet_structure", "test_ddpm_variant", "test_model_info", "test_unet_validation"],
     "metrics": sorted(p.stem for p in (ROOT / "tests").glob("test_metrics_*.py")),
 }
 DEFAULT = ["schedules", "losses", "gaussian_diffusion", "respace", "samplers", "guidance", "ema", "train", "unet",
@@ -56,13 +65,17 @@ def module_paths(name: str) -> list[str]:
     return [f"diffusion/{name}.py"]
 
 
-def prepare(work: Path, modules: list[str], tests_from: Path) -> None:
-    if work.exists():
+def prepare(work: Path, modules: list[str], tests_from: Path, resume: bool = False,
+            timeout_multiplier: float = 4.0) -> None:
+    """Copy the sources, tests and configuration to ``work`` (a fresh folder unless ``resume``)."""
+    if work.exists() and not resume:
         shutil.rmtree(work)
-    work.mkdir(parents=True)
-    shutil.copytree(ROOT / "diffusion", work / "diffusion", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(tests_from, work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "configs", work / "configs")
+    work.mkdir(parents=True, exist_ok=True)
+    for src, dst in ((ROOT / "diffusion", work / "diffusion"), (tests_from, work / "tests"),
+                     (ROOT / "configs", work / "configs")):
+        if dst.exists():
+            shutil.rmtree(dst)
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
     paths = [p for m in modules for p in module_paths(m)]
     for rel in paths:
         f = work / rel
@@ -74,45 +87,86 @@ def prepare(work: Path, modules: list[str], tests_from: Path) -> None:
              f"only_mutate = {paths!r}\n"
              "also_copy = ['configs']\n"
              "process_isolation = 'forkserver'\n"  # torch's thread pools are not fork-safe after tests ran
+             f"timeout_multiplier = {timeout_multiplier}\n"
              f"pytest_add_cli_args_test_selection = {tests!r}\n"
              f"pytest_add_cli_args = ['-p', 'no:cacheprovider', '-q', '-x', '-k', {DESELECT!r}]\n").replace("'", '"')
     (work / "pyproject.toml").write_text(text)
 
 
-def summarise(work: Path, mutmut: str) -> dict:
+def results(work: Path, mutmut: str) -> dict[str, str]:
+    """Every mutant of the run in ``work`` and its status (killed, survived, timeout, no tests, not checked, …)."""
     out = subprocess.run([mutmut, "results", "--all", "true"], cwd=work, capture_output=True, text=True).stdout
+    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^\s*(diffusion\.\S+__mutmut_\d+): (.+)$", out, re.M)}
+
+
+def equivalents(doc: Path = DOC) -> dict[str, str]:
+    """Explained survivors listed in ``doc``: rows ``| `function` | numbers | kind | reason |`` where kind is
+    ``equivalent`` (no behaviour changes) or ``CUDA only`` (a change visible only on a CUDA device)."""
+    listed = {}
+    for m in re.finditer(r"^\| `(diffusion\.[^`]+)` \| ([\d, ]+) \| (equivalent|CUDA only) \| .+\|\s*$",
+                         doc.read_text(encoding="utf-8"), re.M):
+        for number in re.findall(r"\d+", m.group(2)):
+            listed[f"{m.group(1)}__mutmut_{number}"] = m.group(3)
+    return listed
+
+
+def summarise(work: Path, mutmut: str, doc: Path = DOC) -> dict:
+    """Per module: killed, timeouts, explained survivors (equivalent, CUDA only), other survivors; the score
+    excludes only the explained ones: (killed + timeout) / (checked − explained). Code no test reaches counts as
+    surviving."""
+    status = results(work, mutmut)
+    equivalent = equivalents(doc)
     counts: dict = collections.defaultdict(collections.Counter)
-    for line in out.splitlines():
-        m = re.match(r"\s*(diffusion\.[\w.]+?)\.x\w*__mutmut_\d+: (.+)$", line)
-        if m:
-            counts[m.group(1)][m.group(2).strip()] += 1
+    unexplained, stale = [], []
+    for name, st in status.items():
+        module = re.match(r"(diffusion\.[\w.]+?)\.x", name).group(1)
+        if st in ("survived", "no tests") and name in equivalent:
+            st = equivalent[name]
+        elif st in ("survived", "no tests"):
+            unexplained.append(name)
+        elif name in equivalent and st in ("killed", "timeout"):
+            stale.append(name)
+        counts[module][st] += 1
     total = collections.Counter()
-    print(f"{'module':32s} {'mutants':>7s} {'killed':>6s} {'survived':>8s} {'timeout':>7s} {'no tests':>8s} "
-          f"{'unchecked':>9s} {'kill %':>6s}")
+    print(f"{'module':32s} {'mutants':>7s} {'killed':>6s} {'timeout':>7s} {'equivalent':>10s} {'CUDA only':>9s} "
+          f"{'survived':>8s} {'no tests':>8s} {'unchecked':>9s} {'score %':>7s}")
     for mod in sorted(counts):
-        c = counts[mod]
-        total.update(c)
-        _row(mod, c)
+        total.update(counts[mod])
+        _row(mod, counts[mod])
     _row("total", total)
+    if unexplained:
+        print(f"\n{len(unexplained)} survivors neither killed nor explained in {doc.name}:")
+        print("\n".join(f"  {n}" for n in sorted(unexplained)))
+    if stale:
+        print(f"\nexplained in {doc.name} but killed (remove them there):")
+        print("\n".join(f"  {n}" for n in sorted(stale)))
     return counts
 
 
 def _row(name, c) -> None:
     n = sum(c.values())
-    tested = n - c["no tests"] - c["not checked"]  # "not checked": the run was stopped before it
+    checked = n - c["not checked"]  # "not checked": the run was stopped before it
     killed = c["killed"] + c["timeout"]  # a mutant that makes the tests hang is detected too
-    rate = 100.0 * killed / tested if tested else float("nan")
-    print(f"{name:32s} {n:7d} {c['killed']:6d} {c['survived']:8d} {c['timeout']:7d} {c['no tests']:8d} "
-          f"{c['not checked']:9d} {rate:6.1f}")
+    scored = checked - c["equivalent"] - c["CUDA only"]
+    score = 100.0 * killed / scored if scored else float("nan")
+    print(f"{name:32s} {n:7d} {c['killed']:6d} {c['timeout']:7d} {c['equivalent']:10d} {c['CUDA only']:9d} "
+          f"{c['survived']:8d} {c['no tests']:8d} {c['not checked']:9d} {score:7.1f}")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--modules", default=",".join(DEFAULT),
                     help=f"comma-separated modules out of {', '.join(TESTS)} (default: all of them)")
-    ap.add_argument("--jobs", type=int, default=2, help="parallel mutants (mutmut --max-children)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="parallel mutants (mutmut --max-children); on 2 cores 1 is fastest: mutmut's main process "
+                         "keeps a core busy, and a second worker slowed every mutant about threefold")
     ap.add_argument("--work", type=Path, default=ROOT / "build" / "mutation", help="scratch folder")
     ap.add_argument("--tests-from", type=Path, default=ROOT / "tests", help="the tests/ folder to run")
+    ap.add_argument("--timeout-multiplier", type=float, default=4.0,
+                    help="a mutant times out after 2 × this × (its tests' recorded time + 1 s) of CPU; a "
+                         "change rechecks every timeout (mutmut's default, 15, makes a hang cost many minutes)")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue the run in --work with the current sources and tests, then recheck its survivors")
     ap.add_argument("--summary-only", action="store_true", help="only summarise an earlier run in --work")
     args = ap.parse_args(argv)
     modules = [m.strip() for m in args.modules.split(",") if m.strip()]
@@ -122,12 +176,21 @@ def main(argv=None) -> int:
     mutmut = shutil.which("mutmut", path=str(Path(sys.executable).parent)) or shutil.which("mutmut")
     if mutmut is None:
         ap.error("mutmut is not installed (pip install -r requirements-dev.txt)")
+    if args.resume and not (args.work / "mutants").is_dir():
+        ap.error(f"--resume: no earlier run in {args.work}")
     if not args.summary_only:
-        prepare(args.work.resolve(), modules, args.tests_from.resolve())
+        if args.timeout_multiplier <= 0:
+            ap.error("--timeout-multiplier must be positive")
+        prepare(args.work.resolve(), modules, args.tests_from.resolve(), resume=args.resume,
+                timeout_multiplier=args.timeout_multiplier)
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        with open(args.work / "mutmut.log", "w") as log:  # mutmut's progress line, for `tail -f`
-            subprocess.run([mutmut, "run", "--max-children", str(args.jobs)], cwd=args.work, env=env, stdout=log,
-                           stderr=subprocess.STDOUT)
+        run = [mutmut, "run", "--max-children", str(args.jobs)]
+        with open(args.work / "mutmut.log", "a" if args.resume else "w") as log:  # progress, for `tail -f`
+            subprocess.run(run, cwd=args.work, env=env, stdout=log, stderr=subprocess.STDOUT)
+            survivors = [k for k, v in results(args.work, mutmut).items() if v == "survived"]
+            if args.resume and survivors:  # killed by a test added since they were run?
+                print(f"rechecking {len(survivors)} survivors", flush=True)
+                subprocess.run(run + survivors, cwd=args.work, env=env, stdout=log, stderr=subprocess.STDOUT)
     summarise(args.work.resolve(), mutmut)
     return 0
 
