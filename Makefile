@@ -27,8 +27,8 @@ help:
 	@echo "make lab      open the notebooks in JupyterLab"
 	@echo "make test-lab open every notebook in JupyterLab in headless Chromium, run 01 (browser test)"
 	@echo "make bench    throughput benchmark (project vs diffusers)"
-	@echo "make mutation mutation testing of the maths and training modules (about an hour on 2 cores;"
-	@echo "              MODULES=schedules,losses,... for a subset; docs/testing.md)"
+	@echo "make mutation mutation testing of the maths and training modules (about 4 hours on 2 cores;"
+	@echo "              MODULES=schedules,losses,... for a subset, RESUME=1 to continue; docs/testing.md)"
 
 setup: $(STAMP) $(LAB_SETTINGS) tex
 
