@@ -65,8 +65,7 @@ def module_paths(name: str) -> list[str]:
     return [f"diffusion/{name}.py"]
 
 
-def prepare(work: Path, modules: list[str], tests_from: Path, resume: bool = False,
-            timeout_multiplier: float = 4.0) -> None:
+def prepare(work: Path, modules: list[str], tests_from: Path, resume: bool, timeout_multiplier: float) -> None:
     """Copy the sources, tests and configuration to ``work`` (a fresh folder unless ``resume``)."""
     if work.exists() and not resume:
         shutil.rmtree(work)
@@ -99,7 +98,7 @@ def results(work: Path, mutmut: str) -> dict[str, str]:
     return {m.group(1): m.group(2).strip() for m in re.finditer(r"^\s*(diffusion\.\S+__mutmut_\d+): (.+)$", out, re.M)}
 
 
-def equivalents(doc: Path = DOC) -> dict[str, str]:
+def explained_survivors(doc: Path = DOC) -> dict[str, str]:
     """Explained survivors listed in ``doc``: rows ``| `function` | numbers | kind | reason |`` where kind is
     ``equivalent`` (no behaviour changes) or ``CUDA only`` (a change visible only on a CUDA device)."""
     listed = {}
@@ -115,16 +114,16 @@ def summarise(work: Path, mutmut: str, doc: Path = DOC) -> dict:
     excludes only the explained ones: (killed + timeout) / (checked − explained). Code no test reaches counts as
     surviving."""
     status = results(work, mutmut)
-    equivalent = equivalents(doc)
+    explained = explained_survivors(doc)
     counts: dict = collections.defaultdict(collections.Counter)
     unexplained, stale = [], []
     for name, st in status.items():
         module = re.match(r"(diffusion\.[\w.]+?)\.x", name).group(1)
-        if st in ("survived", "no tests") and name in equivalent:
-            st = equivalent[name]
+        if st in ("survived", "no tests") and name in explained:
+            st = explained[name]
         elif st in ("survived", "no tests"):
             unexplained.append(name)
-        elif name in equivalent and st in ("killed", "timeout"):
+        elif name in explained and st in ("killed", "timeout"):
             stale.append(name)
         counts[module][st] += 1
     total = collections.Counter()
@@ -187,10 +186,11 @@ def main(argv=None) -> int:
         run = [mutmut, "run", "--max-children", str(args.jobs)]
         with open(args.work / "mutmut.log", "a" if args.resume else "w") as log:  # progress, for `tail -f`
             subprocess.run(run, cwd=args.work, env=env, stdout=log, stderr=subprocess.STDOUT)
-            survivors = [k for k, v in results(args.work, mutmut).items() if v == "survived"]
-            if args.resume and survivors:  # killed by a test added since they were run?
-                print(f"rechecking {len(survivors)} survivors", flush=True)
-                subprocess.run(run + survivors, cwd=args.work, env=env, stdout=log, stderr=subprocess.STDOUT)
+            if args.resume:  # survivors killed by a test added since they were run?
+                survivors = [k for k, v in results(args.work, mutmut).items() if v == "survived"]
+                if survivors:
+                    print(f"rechecking {len(survivors)} survivors", flush=True)
+                    subprocess.run(run + survivors, cwd=args.work, env=env, stdout=log, stderr=subprocess.STDOUT)
     summarise(args.work.resolve(), mutmut)
     return 0
 
