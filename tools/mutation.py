@@ -47,9 +47,11 @@ TESTS = {
     "samplers": ["test_samplers", "test_sampler_recurrences", "test_weights_used", "test_sampler_plumbing"],
     "guidance": ["test_samplers", "test_sampler_recurrences", "test_guidance_schedule_details"],
     "ema": ["test_checkpoint", "test_train", "test_weights_used", "test_ema_legacy_state"],
-    "train": ["test_train", "test_weights_used", "test_runs", "test_train_helpers"],
+    "train": ["test_train", "test_weights_used", "test_runs", "test_train_helpers", "test_ddp", "test_fast_path",
+              "test_cli"],
     "unet": ["test_unet", "test_unet_structure", "test_ddpm_variant", "test_model_info", "test_unet_validation"],
-    "metrics": sorted(p.stem for p in (ROOT / "tests").glob("test_metrics_*.py")),
+    "metrics": sorted(p.stem for p in (ROOT / "tests").glob("test_metrics_*.py")) + [
+        "test_toy_energy", "test_cache_keys", "test_weights_used"],
 }
 DEFAULT = ["schedules", "losses", "gaussian_diffusion", "respace", "samplers", "guidance", "ema", "train", "unet",
            "metrics"]
