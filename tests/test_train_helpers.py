@@ -1,12 +1,20 @@
 """The training loop's helpers, written out: the device names it accepts, the warm-up of the learning
 rate, setting it (plain and tensor), and the running statistics (interval means, the bias-corrected EMA
-of the loss, the first non-finite step, reset on read, state round trip)."""
+of the loss, the first non-finite step, reset on read, state round trip), and the sample grids: the PNG and
+its ``.npz`` written out pixel by pixel, and the trainer's samples compared with direct sampler calls."""
 import math
+import re
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from diffusion.train import TrainStats, resolve_device, set_lr, warmup_lr
+from diffusion.config import config_from_dict, config_to_dict
+from diffusion.data import ImageData
+from diffusion.samplers import sample
+from diffusion.train import TrainStats, Trainer, resolve_device, save_sample_grid, set_lr, warmup_lr
+from tests.test_train import tiny_cfg, tiny_data
 
 
 def test_device_names():
@@ -79,3 +87,101 @@ def test_stats_keep_the_first_of_several_bad_steps():
     for loss in (1.0, float("inf"), 2.0, float("nan")):
         stats.update(torch.tensor(loss), torch.tensor(1.0))
     assert stats.read()["first_nonfinite_step"] == 1
+
+
+# ---------------------------------------------------------------- sample grids
+
+def test_save_sample_grid_writes_the_pixels_and_the_npz(tmp_path):
+    """Five RGB 2×2 images in a grid of ceil(√5) = 3 columns with a one-pixel white border: each pixel is
+    round(255·(x + 1)/2) of the clamped value; the ``.npz`` holds the uint8 images, −1 labels and the metadata."""
+    levels = torch.tensor([-1.0, -0.5, 0.0, 0.3, 1.0, 1.7, -2.0])
+    x = levels[torch.arange(5 * 3 * 2 * 2) % 7].reshape(5, 3, 2, 2)
+    path = tmp_path / "a" / "b" / "grid.png"
+    written = save_sample_grid(x, path, step=7, sampler="ddim")
+    assert written == (path, tmp_path / "a" / "b" / "grid.npz")
+    png = np.asarray(Image.open(path))
+    assert Image.open(path).mode == "RGB" and png.shape == (2 * 3 + 1, 3 * 3 + 1, 3)
+    expected = np.full((7, 10, 3), 255, dtype=np.uint8)
+    for i in range(5):
+        r, c = divmod(i, 3)
+        value = np.round((x[i].clamp(-1, 1).permute(1, 2, 0).numpy().astype(np.float64) + 1) / 2 * 255)
+        expected[1 + 3 * r:3 + 3 * r, 1 + 3 * c:3 + 3 * c] = value.astype(np.uint8)
+    np.testing.assert_array_equal(png, expected)
+    assert {0, 128, 255} <= set(png.flatten().tolist())
+    with np.load(written[1]) as npz:
+        assert sorted(npz.files) == ["images", "labels", "sampler", "step"]
+        assert npz["images"].dtype == np.uint8 and npz["images"].shape == (5, 3, 2, 2)
+        np.testing.assert_array_equal(npz["images"], np.round((x.clamp(-1, 1).numpy() + 1) * 127.5))
+        assert npz["labels"].tolist() == [-1] * 5 and int(npz["step"]) == 7 and str(npz["sampler"]) == "ddim"
+
+
+def test_save_sample_grid_grey_single_image_labels_and_bad_path(tmp_path):
+    x = torch.tensor([[[[-1.0, 1.0], [0.0, -1.0]]]])
+    path, npz_path = save_sample_grid(x, tmp_path / "one.png", labels=torch.tensor([4]))
+    assert Image.open(path).mode == "L"
+    np.testing.assert_array_equal(np.asarray(Image.open(path)), [[255, 255, 255, 255], [255, 0, 255, 255],
+                                                                  [255, 128, 0, 255], [255, 255, 255, 255]])
+    with np.load(npz_path) as npz:
+        assert npz["labels"].tolist() == [4]
+    _, npz_path = save_sample_grid(torch.zeros(4, 1, 2, 2), tmp_path / "row.png", nrow=4)
+    assert np.asarray(Image.open(tmp_path / "row.png")).shape == (4, 13)
+    bad = tmp_path / "grid.jpg"
+    with pytest.raises(ValueError, match="^" + re.escape(f"path must end in .png, got {str(bad)!r}") + "$"):
+        save_sample_grid(x, bad)
+
+
+def _trainer(tmp_path, class_cond=True, num_classes=3, **kw):
+    """The tiny trainer of test_train.py (or one with ``num_classes`` classes) with raw weights moved away
+    from the EMA copy, and the zero-initialised output head made non-zero."""
+    raw = config_to_dict(tiny_cfg())
+    raw["model"]["class_cond"] = class_cond
+    g = torch.Generator().manual_seed(1)
+    data = tiny_data() if num_classes == 3 else ImageData(
+        images=torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8, generator=g),
+        labels=torch.arange(40) % num_classes, num_classes=num_classes,
+        class_names=tuple(str(i) for i in range(num_classes)), label="tiny", name="tiny")
+    tr = Trainer(config_from_dict(raw), data=data, out_dir=tmp_path, device="cpu", progress=False, **kw)
+    with torch.no_grad():
+        for p in tr.model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return tr
+
+
+def test_trainer_samples_are_the_samplers_with_ema_or_raw_weights(tmp_path):
+    tr = _trainer(tmp_path, sample_num=5, sample_sampler="ddim", sample_steps=2)
+    rng = torch.get_rng_state()
+    x, y = tr.sample_images()
+    assert torch.equal(torch.get_rng_state(), rng)  # training randomness untouched
+    assert y.tolist() == [0, 1, 2, 0, 1]
+
+    def direct(model, num, sampler, steps, seed):
+        return sample(tr.diffusion, model, (num, 1, 8, 8), sampler=sampler, steps=steps, y=torch.arange(num) % 3,
+                      null_class=3, generator=torch.Generator().manual_seed(seed))
+
+    assert torch.equal(x, direct(tr.ema.module, 5, "ddim", 2, 0))
+    raw, _ = tr.sample_images(num=3, sampler="ancestral", steps=4, seed=9, use_ema=False)
+    assert torch.equal(raw, direct(tr.model, 3, "ancestral", 4, 9))
+    assert not torch.equal(raw, direct(tr.ema.module, 3, "ancestral", 4, 9))
+    tr.close()
+
+
+def test_unconditional_trainer_samples_without_labels(tmp_path):
+    tr = _trainer(tmp_path, class_cond=False, sample_num=2, sample_steps=3)
+    x, y = tr.sample_images()
+    assert y is None
+    assert torch.equal(x, sample(tr.diffusion, tr.ema.module, (2, 1, 8, 8), sampler="ddim", steps=3,
+                                 generator=torch.Generator().manual_seed(0)))
+    tr.close()
+
+
+@pytest.mark.parametrize("num_classes, columns", [(3, 3), (16, 16), (17, 5)])
+def test_stage_grid_has_a_column_per_class_up_to_sixteen(tmp_path, num_classes, columns):
+    tr = _trainer(tmp_path, num_classes=num_classes, sample_num=17, sample_sampler="ddim", sample_steps=1)
+    tr.step = 12
+    png, npz_path = tr._sample_grid()
+    assert png == tmp_path / "samples" / "step_000012.png"
+    assert np.asarray(Image.open(png)).shape == (math.ceil(17 / columns) * 9 + 1, columns * 9 + 1)
+    with np.load(npz_path) as npz:
+        assert (int(npz["step"]), str(npz["sampler"]), int(npz["steps"]), bool(npz["ema"])) == (12, "ddim", 1, True)
+        assert npz["labels"].tolist() == [i % num_classes for i in range(17)]
+    tr.close()
