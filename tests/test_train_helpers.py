@@ -1,7 +1,8 @@
 """The training loop's helpers, written out: the device names it accepts, the warm-up of the learning
 rate, setting it (plain and tensor), and the running statistics (interval means, the bias-corrected EMA
 of the loss, the first non-finite step, reset on read, state round trip), and the sample grids: the PNG and
-its ``.npz`` written out pixel by pixel, and the trainer's samples compared with direct sampler calls."""
+its ``.npz`` written out pixel by pixel, and the trainer's samples compared with direct sampler calls; the
+``train`` function; every argument check of the trainer and its step with its whole message."""
 import math
 import re
 
@@ -185,3 +186,129 @@ def test_stage_grid_has_a_column_per_class_up_to_sixteen(tmp_path, num_classes, 
         assert (int(npz["step"]), str(npz["sampler"]), int(npz["steps"]), bool(npz["ema"])) == (12, "ddim", 1, True)
         assert npz["labels"].tolist() == [i % num_classes for i in range(17)]
     tr.close()
+
+
+def test_train_function_is_a_trainer_run(tmp_path):
+    """``train(cfg, …)`` builds a Trainer with the given arguments and runs it to ``total_steps``."""
+    from diffusion.train import train
+
+    result = train(tiny_cfg(sample_every=[2]), data=tiny_data(), out_dir=tmp_path / "f", device="cpu",
+                   total_steps=2, progress=False, sample_num=2, sample_steps=2)
+    trainer = Trainer(tiny_cfg(), data=tiny_data(), out_dir=tmp_path / "t", device="cpu", progress=False)
+    reference = trainer.train(total_steps=2)
+    assert result["step"] == 2 and result["out_dir"] == str(tmp_path / "f")
+    assert (result["loss"], result["ema_loss"]) == (reference["loss"], reference["ema_loss"])
+    with np.load(result["samples"][1]) as npz:  # the trainer's keyword arguments reach it
+        assert npz["images"].shape[0] == 2
+    resumed = train(tiny_cfg(sample_every=[2]), data=tiny_data(), out_dir=tmp_path / "f", device="cpu", resume=True,
+                    total_steps=3, progress=False)
+    assert resumed["step"] == 3
+
+
+# ---------------------------------------------------------------- argument checks, whole messages
+
+def exact(message):
+    return "^" + re.escape(message) + "$"
+
+
+def _step_parts():
+    from diffusion.config import build_diffusion
+
+    tr_cfg = tiny_cfg()
+    model = torch.nn.Linear(1, 1)
+    return model, build_diffusion(tr_cfg), torch.optim.SGD(model.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(compile="graph"), "compile must be one of (False, 'model', 'step'), got 'graph'"),
+    (dict(compile=True), "compile must be one of (False, 'model', 'step'), got True"),
+    (dict(grad_accum=0), "grad_accum must be a positive integer, got 0"),
+    (dict(grad_accum=2.0), "grad_accum must be a positive integer, got 2.0"),
+    (dict(p_uncond=1.0), "p_uncond must be in [0, 1), got 1.0"),
+    (dict(p_uncond=-0.01), "p_uncond must be in [0, 1), got -0.01"),
+    (dict(grad_clip=0.0), "grad_clip must be positive or None, got 0.0"),
+    (dict(grad_clip=-1), "grad_clip must be positive or None, got -1"),
+])
+def test_train_step_arguments_are_named(kw, message):
+    from diffusion.train import make_train_step
+
+    model, diffusion, optimizer = _step_parts()
+    with pytest.raises(ValueError, match=exact(message)):
+        make_train_step(model, diffusion, optimizer, None, **kw)
+
+
+def test_train_step_batch_checks_are_named(tmp_path):
+    tr = _trainer(tmp_path)
+    from diffusion.train import make_train_step
+
+    step = make_train_step(tr.model, tr.diffusion, tr.optimizer, None, grad_accum=4, null_class=3, p_uncond=0.0,
+                           grad_clip=None)
+    x = torch.zeros(6, 1, 8, 8)
+    with pytest.raises(ValueError, match=exact("the batch of 6 images does not split into grad_accum=4 equal "
+                                               "micro-batches")):
+        step(x, torch.zeros(6, dtype=torch.long))
+    with pytest.raises(ValueError, match=exact("y (class labels) is required for a class-conditional model")):
+        step(torch.zeros(8, 1, 8, 8))
+    assert torch.isfinite(step(torch.zeros(8, 1, 8, 8), torch.zeros(8, dtype=torch.long)))
+    tr.close()
+
+
+def test_trainer_arguments_are_named(tmp_path):
+    data = tiny_data()
+    cases = [
+        (dict(resume="yes"), ValueError, "resume must be False, True or 'auto', got 'yes'"),
+        (dict(sample_sampler="euler"), ValueError,
+         "sample_sampler must be one of ('ancestral', 'ddim', 'dpmpp2m'), got 'euler'"),
+        (dict(compile="graph"), ValueError, "compile must be one of (False, 'model', 'step') or True, got 'graph'"),
+        (dict(resume=True), ValueError, f"--resume: no checkpoint to resume from in {tmp_path / 'checkpoints'}"),
+    ]
+    for kw, error, message in cases:
+        with pytest.raises(error, match=exact(message)):
+            Trainer(tiny_cfg(), data=data, out_dir=tmp_path, device="cpu", progress=False, **kw)
+    with pytest.raises(ValueError, match=exact("train.batch_size=8 must be divisible by world_size × grad_accum "
+                                               "= 1 × 3")):
+        Trainer(tiny_cfg(grad_accum=3), data=data, out_dir=tmp_path, device="cpu", progress=False)
+    toy = config_to_dict(tiny_cfg())
+    toy["model"] = {"kind": "mlp", "class_cond": False}
+    toy["data"] = {"name": "toy:swiss_roll"}
+    with pytest.raises(ValueError, match=exact("model.kind must be 'unet' for the image trainer, got 'mlp' (the 2-D "
+                                               "toy model is trained by diffusion.experiments.train_toy)")):
+        Trainer(config_from_dict(toy), data=data, out_dir=tmp_path, device="cpu", progress=False)
+    with pytest.warns(UserWarning, match=exact("train.compile='model' is ignored on cpu")):
+        tr = Trainer(tiny_cfg(), data=data, out_dir=tmp_path, device="cpu", progress=False, compile=True)
+    assert tr.compile is False
+    with pytest.raises(ValueError, match=exact("total_steps must be a positive integer, got 0")):
+        tr.train(total_steps=0)
+    tr.close()
+
+
+def test_fresh_run_refuses_an_earlier_runs_outputs(tmp_path):
+    Trainer(tiny_cfg(), data=tiny_data(), out_dir=tmp_path, device="cpu", progress=False).train(total_steps=1)
+    with pytest.raises(ValueError, match=exact(f"out_dir {tmp_path} already holds checkpoints (ckpt_0000001.pt); pass "
+                                               "resume=True (--resume) to continue that run or choose another "
+                                               "out_dir")):
+        Trainer(tiny_cfg(), data=tiny_data(), out_dir=tmp_path, device="cpu", progress=False)
+    for ckpt in (tmp_path / "checkpoints").iterdir():
+        ckpt.unlink()
+    (tmp_path / "samples").mkdir()
+    (tmp_path / "samples" / "x.png").write_bytes(b"")
+    with pytest.raises(ValueError, match=exact(
+            f"out_dir {tmp_path} holds the outputs of an earlier run that has no usable checkpoint (metrics.jsonl, "
+            "config.json, history.jsonl, samples/); a fresh run neither mixes with them nor deletes them. Delete "
+            "them or choose another out_dir (--out)")):
+        Trainer(tiny_cfg(), data=tiny_data(), out_dir=tmp_path, device="cpu", progress=False)
+
+
+def test_nonfinite_loss_before_any_checkpoint_is_named(tmp_path):
+    from diffusion.train import NonFiniteLossError
+
+    tr = Trainer(tiny_cfg(total_steps=4, log_every=2, ckpt_every=4), data=tiny_data(), out_dir=tmp_path, device="cpu",
+                 progress=False)
+    real = tr.diffusion.training_losses
+    tr.diffusion.training_losses = lambda *a, **kw: (lambda out: dict(out, loss=out["loss"] * float("inf")))(
+        real(*a, **kw))
+    with pytest.raises(NonFiniteLossError, match=exact(
+            "non-finite training loss at step 1 (update 1 of the run); stopped. The last good checkpoint is none (no "
+            "checkpoint was written); try a lower learning rate or stronger gradient clipping")):
+        tr.train()
+    assert tr.step == 2 and not any((tmp_path / "checkpoints").glob("*.pt"))
