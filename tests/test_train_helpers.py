@@ -95,8 +95,8 @@ def test_stats_keep_the_first_of_several_bad_steps():
 def test_save_sample_grid_writes_the_pixels_and_the_npz(tmp_path):
     """Five RGB 2×2 images in a grid of ceil(√5) = 3 columns with a one-pixel white border: each pixel is
     round(255·(x + 1)/2) of the clamped value; the ``.npz`` holds the uint8 images, −1 labels and the metadata."""
-    levels = torch.tensor([-1.0, -0.5, 0.0, 0.3, 1.0, 1.7, -2.0])
-    x = levels[torch.arange(5 * 3 * 2 * 2) % 7].reshape(5, 3, 2, 2)
+    levels = torch.tensor([-1.0, -0.5, 0.0, 0.3, 0.6, 1.0, 1.7, -2.0])  # 0.6: 204 (255 levels), not 205
+    x = levels[torch.arange(5 * 3 * 2 * 2) % 8].reshape(5, 3, 2, 2)
     path = tmp_path / "a" / "b" / "grid.png"
     written = save_sample_grid(x, path, step=7, sampler="ddim")
     assert written == (path, tmp_path / "a" / "b" / "grid.npz")
@@ -108,7 +108,7 @@ def test_save_sample_grid_writes_the_pixels_and_the_npz(tmp_path):
         value = np.round((x[i].clamp(-1, 1).permute(1, 2, 0).numpy().astype(np.float64) + 1) / 2 * 255)
         expected[1 + 3 * r:3 + 3 * r, 1 + 3 * c:3 + 3 * c] = value.astype(np.uint8)
     np.testing.assert_array_equal(png, expected)
-    assert {0, 128, 255} <= set(png.flatten().tolist())
+    assert {0, 128, 204, 255} <= set(png.flatten().tolist())
     with np.load(written[1]) as npz:
         assert sorted(npz.files) == ["images", "labels", "sampler", "step"]
         assert npz["images"].dtype == np.uint8 and npz["images"].shape == (5, 3, 2, 2)
@@ -312,3 +312,54 @@ def test_nonfinite_loss_before_any_checkpoint_is_named(tmp_path):
             "checkpoint was written); try a lower learning rate or stronger gradient clipping")):
         tr.train()
     assert tr.step == 2 and not any((tmp_path / "checkpoints").glob("*.pt"))
+
+
+# ---------------------------------------------------------------- resuming from an unusable checkpoint
+
+def _one_step_run(tmp_path):
+    from diffusion.checkpoint import load_checkpoint
+
+    Trainer(tiny_cfg(), data=tiny_data(), out_dir=tmp_path, device="cpu", progress=False).train(total_steps=1)
+    path = tmp_path / "checkpoints" / "ckpt_0000001.pt"
+    return path, load_checkpoint(path)
+
+
+def _resume(tmp_path, cfg=None):
+    return Trainer(cfg or tiny_cfg(), data=tiny_data(), out_dir=tmp_path, device="cpu", progress=False, resume=True)
+
+
+def test_resume_names_what_is_wrong_with_the_checkpoint(tmp_path):
+    from diffusion.checkpoint import CheckpointError, save_checkpoint
+
+    path, state = _one_step_run(tmp_path)
+    save_checkpoint({k: v for k, v in state.items() if k != "train_state"}, path)
+    entries = ", ".join(sorted(k for k in state if k != "train_state"))
+    with pytest.raises(CheckpointError, match=exact(
+            f"no readable checkpoint in {tmp_path / 'checkpoints'}: ckpt_0000001.pt: {path} has no 'train_state' "
+            f"entry; it was not written by diffusion.train.Trainer or was edited (entries present: {entries})")):
+        _resume(tmp_path)
+
+    save_checkpoint(dict(state, config={**state["config"], "model": {**state["config"]["model"], "ch": "wide"}}), path)
+    with pytest.raises(CheckpointError, match="^" + re.escape(f"{path} holds a configuration this code cannot read: ")):
+        _resume(tmp_path)
+
+    raw = config_to_dict(tiny_cfg())
+    raw["model"]["ch"] = 64
+    save_checkpoint(state, path)
+    with pytest.raises(CheckpointError, match="^" + re.escape(f"{path} was trained with another model configuration "
+                                                              "(model.ch: 32 → 64)")):
+        _resume(tmp_path, config_from_dict(raw))
+
+    weights = dict(state["model"], **{"out_conv.bias": torch.zeros(2)})
+    save_checkpoint(dict(state, model=weights), path)
+    with pytest.raises(CheckpointError, match=exact(
+            f"the model weights of {path} do not fit this model (1 shape mismatches: out_conv.bias [2] in the "
+            "checkpoint vs [1] in the model); the checkpoint was trained with another architecture or dataset "
+            "(channels, image size, classes)")):
+        _resume(tmp_path)
+    ema = dict(state["ema"], module={k: v for k, v in state["ema"]["module"].items() if k != "out_conv.bias"})
+    save_checkpoint(dict(state, ema=ema), path)
+    with pytest.raises(CheckpointError, match=exact(
+            f"the EMA weights of {path} do not fit this model (1 missing keys: out_conv.bias); the checkpoint was "
+            "trained with another architecture or dataset (channels, image size, classes)")):
+        _resume(tmp_path)
