@@ -363,3 +363,27 @@ def test_resume_names_what_is_wrong_with_the_checkpoint(tmp_path):
             f"the EMA weights of {path} do not fit this model (1 missing keys: out_conv.bias); the checkpoint was "
             "trained with another architecture or dataset (channels, image size, classes)")):
         _resume(tmp_path)
+
+
+def test_resume_names_an_optimizer_state_that_does_not_fit(tmp_path):
+    from diffusion.checkpoint import CheckpointError, save_checkpoint
+
+    path, state = _one_step_run(tmp_path)
+    bad = {"state": {}, "param_groups": []}
+    try:
+        torch.optim.Adam(torch.nn.Linear(1, 1).parameters()).load_state_dict(bad)
+    except (ValueError, KeyError, RuntimeError) as err:
+        reason = " ".join(str(err).split())
+    save_checkpoint(dict(state, optimizer=bad), path)
+    with pytest.raises(CheckpointError, match=exact(f"{path} does not fit this model: {reason}")):
+        _resume(tmp_path)
+
+
+def test_resume_with_a_changed_ema_warmup_uses_it(tmp_path):
+    _one_step_run(tmp_path)
+    raw = config_to_dict(tiny_cfg())
+    raw["train"]["ema_warmup"] = not raw["train"]["ema_warmup"]
+    tr = Trainer(config_from_dict(raw), data=tiny_data(), out_dir=tmp_path, device="cpu", progress=False,
+                 resume=True, allow_config_change=True)
+    assert (tr.ema.warmup, tr.ema.decay) == (raw["train"]["ema_warmup"], 0.9)
+    tr.close()
