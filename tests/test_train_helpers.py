@@ -387,3 +387,26 @@ def test_resume_with_a_changed_ema_warmup_uses_it(tmp_path):
                  resume=True, allow_config_change=True)
     assert (tr.ema.warmup, tr.ema.decay) == (raw["train"]["ema_warmup"], 0.9)
     tr.close()
+
+
+def test_history_records_each_start_whole(tmp_path):
+    """history.jsonl: the fresh start, the resume (its checkpoint and step) and a second train() call of the same
+    trainer, each line with exactly these entries."""
+    import json
+
+    path, _ = _one_step_run(tmp_path)
+    tr = _resume(tmp_path)
+    tr.train(total_steps=2)
+    tr.train(total_steps=3)
+    history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    for record in history:  # when, which process and which host wrote it
+        assert set(record) >= {"time", "pid", "host"}
+        del record["time"], record["pid"], record["host"]
+    assert history == [
+        {"event": "start", "step": 0, "checkpoint": None, "config_changes": {}, "skipped_checkpoints": [],
+         "total_steps": 1},
+        {"event": "resume", "step": 1, "checkpoint": str(path), "config_changes": {}, "skipped_checkpoints": [],
+         "total_steps": 2},
+        {"event": "continue", "step": 2, "checkpoint": None, "config_changes": {}, "skipped_checkpoints": [],
+         "total_steps": 3},
+    ]
