@@ -1,5 +1,6 @@
 """DistributedDataParallel on CPU: 2 processes, gloo backend, tiny model — identical weights on both ranks,
-different data per rank, rank-0 checkpoints holding both ranks' states, resume under DDP."""
+different data per rank, rank-0 checkpoints holding both ranks' states, resume under DDP, and a one-process
+checkpoint resumed by two processes (each rank reseeds its data order with seed + 7919·step + rank)."""
 import json
 import os
 import socket
@@ -33,6 +34,11 @@ def _worker(rank, world, port, out_dir):
     first_batches = [None] * world
     dist.all_gather_object(first_batches, x)
     tr.train()
+    widened = Trainer(cfg, data=tiny_data(), out_dir=os.path.join(out_dir, "single"), device="cpu", resume=True,
+                      progress=False)
+    seeds = [None] * world
+    dist.all_gather_object(seeds, torch.initial_seed())
+    widened.close()
     resumed = Trainer(cfg, data=tiny_data(), out_dir=out_dir, device="cpu", resume=True, progress=False)
     res = resumed.train(total_steps=4)
     flat = torch.cat([p.detach().reshape(-1) for p in resumed.model.parameters()])
@@ -41,16 +47,22 @@ def _worker(rank, world, port, out_dir):
     if rank == 0:
         report = {"same_weights": all(torch.equal(g, gathered[0]) for g in gathered),
                   "different_data": not torch.equal(first_batches[0], first_batches[1]),
-                  "step": res["step"], "loss": res["loss"]}
+                  "step": res["step"], "loss": res["loss"], "seeds": seeds}
         with open(os.path.join(out_dir, "report.json"), "w") as f:
             json.dump(report, f)
     distributed.destroy()
 
 
 def test_ddp_two_processes_gloo(tmp_path):
+    from test_train import tiny_cfg, tiny_data
+    from diffusion.train import Trainer
+
+    Trainer(tiny_cfg(total_steps=3, ckpt_every=3, log_every=1), data=tiny_data(), out_dir=tmp_path / "single",
+            device="cpu", progress=False).train()
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report == {**report, "same_weights": True, "different_data": True, "step": 4}
+    assert report == {**report, "same_weights": True, "different_data": True, "step": 4,
+                      "seeds": [0 + 7919 * 3 + 0, 0 + 7919 * 3 + 1]}
     assert report["loss"] > 0
     ckpts = list_checkpoints(tmp_path / "checkpoints")
     assert [p.name for p in ckpts] == ["ckpt_0000002.pt", "ckpt_0000004.pt"]

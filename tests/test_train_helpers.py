@@ -410,3 +410,32 @@ def test_history_records_each_start_whole(tmp_path):
         {"event": "continue", "step": 2, "checkpoint": None, "config_changes": {}, "skipped_checkpoints": [],
          "total_steps": 3},
     ]
+
+
+def test_resume_with_another_world_size_reseeds_and_says_so(tmp_path, capsys):
+    """A checkpoint of two processes resumed by one: model and optimizer restored, the data order reseeded
+    with seed + 7919·step + rank; the trainer remembers the checkpoint it resumed from."""
+    from diffusion.checkpoint import save_checkpoint
+
+    path, state = _one_step_run(tmp_path)
+    save_checkpoint(dict(state, world_size=2, rank_states=state["rank_states"] * 2), path)
+    capsys.readouterr()
+    tr = _resume(tmp_path)
+    assert torch.initial_seed() == 0 + 7919 * 1 + 0
+    assert capsys.readouterr().err == (f"note: {path} was written by 2 process(es), this run has 1; model and "
+                                       "optimizer restored, data order reseeded\n")
+    assert tr.last_checkpoint == path
+    assert tr.train(total_steps=1)["checkpoint"] == str(path)  # nothing to do: the resumed checkpoint is the last
+    tr.close()
+
+
+def test_a_second_signal_stops_at_once(tmp_path):
+    import signal
+
+    tr = _trainer(tmp_path)
+    tr._on_signal(signal.SIGTERM, None)
+    assert tr._stop_signal == signal.SIGTERM
+    with pytest.raises(KeyboardInterrupt):
+        tr._on_signal(signal.SIGINT, None)
+    assert tr._stop_signal == signal.SIGTERM
+    tr.close()

@@ -191,8 +191,8 @@ def main(argv=None) -> int:
         run = [mutmut, "run", "--max-children", str(args.jobs)]
         with open(args.work / "mutmut.log", "a" if args.resume else "w") as log:  # progress, for `tail -f`
             subprocess.run(run, cwd=args.work, env=env, stdout=log, stderr=subprocess.STDOUT)
-            if args.resume:  # survivors killed by a test added since they were run?
-                survivors = [k for k, v in results(args.work, mutmut).items() if v == "survived"]
+            if args.resume:  # survivors killed by (or code reached by) a test added since they were run?
+                survivors = [k for k, v in results(args.work, mutmut).items() if v in ("survived", "no tests")]
                 if survivors:
                     print(f"rechecking {len(survivors)} survivors", flush=True)
                     subprocess.run(run + survivors, cwd=args.work, env=env, stdout=log, stderr=subprocess.STDOUT)
