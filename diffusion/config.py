@@ -81,9 +81,9 @@ class TrainConfig:
     """Optimisation (section 3.3.2): Adam with linear warm-up then constant lr, gradient-norm clipping, EMA,
     label dropout ``p_uncond`` to the null class for guidance; ``ema_warmup``: EMA decay
     min(ema_decay, (1+n)/(10+n)) after n updates (``diffusion.ema``; for short runs); ``compile``: False,
-    "model" (compile the network) or "step"/True (compile the whole training step); logging every ``log_every`` steps, sample
-    grids at the steps in ``sample_every``, a checkpoint every ``ckpt_every`` steps (the last
-    ``keep_last`` kept)."""
+    "model"/True (compile the network) or "step" (compile the loss computation and the update); ``bf16``,
+    ``channels_last`` and ``compile`` apply on CUDA only; logging every ``log_every`` steps, sample grids at
+    the steps in ``sample_every``, a checkpoint every ``ckpt_every`` steps (the last ``keep_last`` kept)."""
 
     batch_size: int = 128
     lr: float = 2e-4

@@ -439,3 +439,24 @@ def test_a_second_signal_stops_at_once(tmp_path):
         tr._on_signal(signal.SIGINT, None)
     assert tr._stop_signal == signal.SIGTERM
     tr.close()
+
+
+def test_fast_path_settings_are_cuda_only(tmp_path):
+    """bf16, channels_last and the fused Adam belong to CUDA: on the CPU the trainer runs the plain fp32 step with
+    contiguous weights, a float learning rate and the reference Adam, and one seeded stream gives the model's
+    initialisation and then the training noise."""
+    cfg = tiny_cfg()
+    assert cfg.train.bf16 and cfg.train.channels_last  # the defaults ask for the fast path
+    torch.manual_seed(cfg.train.seed)
+    from diffusion.config import build_model
+
+    build_model(cfg, tiny_data())
+    after_init = torch.get_rng_state()
+    tr = Trainer(cfg, data=tiny_data(), out_dir=tmp_path, device="cpu", progress=False)
+    assert torch.equal(torch.get_rng_state(), after_init)
+    assert tr.channels_last is False and tr.compile is False
+    assert all(p.is_contiguous() for p in tr.model.parameters())
+    assert tr.optimizer.defaults["fused"] is None and tr.optimizer.defaults["betas"] == (0.9, 0.999)
+    assert all(type(g["lr"]) is float for g in tr.optimizer.param_groups)
+    assert tr.net is tr.model and tr.null_class == 3
+    tr.close()
