@@ -460,3 +460,61 @@ def test_fast_path_settings_are_cuda_only(tmp_path):
     assert all(type(g["lr"]) is float for g in tr.optimizer.param_groups)
     assert tr.net is tr.model and tr.null_class == 3
     tr.close()
+
+
+def test_train_step_is_algorithm_1_written_out(tmp_path):
+    """One step with two micro-batches, label dropout and no clipping, against the same draws made by hand:
+    t ~ U{0..T−1}, ε ~ N(0, I), labels → ∅ where U(0, 1) < p_uncond, L_simple per micro-batch / 2 summed; the
+    SGD update (lr 1) is minus the gradient of that sum, and its norm is what the statistics record."""
+    from diffusion.train import make_train_step
+
+    tr = _trainer(tmp_path)
+    model, diffusion = tr.model, tr.diffusion
+    x0 = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    before = [p.detach().clone() for p in model.parameters()]
+
+    torch.manual_seed(5)
+    model.zero_grad()
+    expected = 0.0
+    for xh, yh in zip(x0.chunk(2), y.chunk(2)):
+        t = torch.randint(0, diffusion.num_timesteps, (4,))
+        noise = torch.randn_like(xh)
+        yh = torch.where(torch.rand(4) < 0.5, torch.full_like(yh, 3), yh)
+        loss = diffusion.training_losses(model, xh, t, model_kwargs={"y": yh}, noise=noise)["loss"].mean() / 2
+        loss.backward()
+        expected = expected + loss.detach()
+    grads = [p.grad.clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p, b in zip(model.parameters(), before):
+            p.copy_(b)
+
+    stats = TrainStats(torch.device("cpu"))
+    step = make_train_step(model, diffusion, torch.optim.SGD(model.parameters(), lr=1.0), None, grad_clip=None,
+                           p_uncond=0.5, null_class=3, grad_accum=2, stats=stats)
+    torch.manual_seed(5)
+    assert torch.equal(step(x0, y), expected)
+    for p, b, g in zip(model.parameters(), before, grads):
+        torch.testing.assert_close(p.detach(), b - g, rtol=0, atol=1e-6)
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    assert stats.read()["grad_norm"] == pytest.approx(norm.item(), rel=1e-5)
+    tr.close()
+
+
+def test_train_step_defaults_are_one_fp32_batch_without_compiling(tmp_path):
+    """Defaults: grad_accum 1 (a batch of 5 is fine), no bf16 (the loss equals the explicit fp32 one), clipping at 1."""
+    from diffusion.train import make_train_step
+
+    tr = _trainer(tmp_path)
+    x0, y = torch.zeros(5, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1])
+    state = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    losses = []
+    for kw in ({}, dict(grad_accum=1, bf16=False, compile=False, grad_clip=1.0)):
+        tr.model.load_state_dict(state)
+        torch.manual_seed(1)
+        step = make_train_step(tr.model, tr.diffusion, torch.optim.SGD(tr.model.parameters(), lr=1.0), None,
+                               null_class=3, **kw)
+        losses.append((step(x0, y), [p.detach().clone() for p in tr.model.parameters()]))
+    assert torch.equal(losses[0][0], losses[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(losses[0][1], losses[1][1]))
+    tr.close()
