@@ -2,7 +2,8 @@
 rate, setting it (plain and tensor), and the running statistics (interval means, the bias-corrected EMA
 of the loss, the first non-finite step, reset on read, state round trip), and the sample grids: the PNG and
 its ``.npz`` written out pixel by pixel, and the trainer's samples compared with direct sampler calls; the
-``train`` function; every argument check of the trainer and its step with its whole message."""
+``train`` function; every argument check of the trainer and its step with its whole message; the training
+step against algorithm 1 written out; the loop's timing, logs, result and messages on a controlled clock."""
 import math
 import re
 
@@ -15,7 +16,7 @@ from diffusion.config import config_from_dict, config_to_dict
 from diffusion.data import ImageData
 from diffusion.samplers import sample
 from diffusion.train import TrainStats, Trainer, resolve_device, save_sample_grid, set_lr, warmup_lr
-from tests.test_train import tiny_cfg, tiny_data
+from tests.test_train import read_metrics, tiny_cfg, tiny_data
 
 
 def test_device_names():
@@ -518,3 +519,97 @@ def test_train_step_defaults_are_one_fp32_batch_without_compiling(tmp_path):
     assert torch.equal(losses[0][0], losses[1][0])
     assert all(torch.equal(a, b) for a, b in zip(losses[0][1], losses[1][1]))
     tr.close()
+
+
+# ---------------------------------------------------------------- the loop, on a clock of our own
+
+class _Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def perf_counter(self):
+        return self.now
+
+
+def _clocked(tr, monkeypatch, step_s=0.5, sample_s=10.0, save_s=20.0, on_step=None):
+    """Make the trainer's clock advance only by ``step_s`` per training step, ``sample_s`` per sample grid and
+    ``save_s`` per checkpoint; ``on_step(step)`` runs after each step."""
+    import diffusion.train
+
+    clock = _Clock()
+    monkeypatch.setattr(diffusion.train, "time", clock)
+    inner_step, inner_grid, inner_save = tr.train_step, tr._sample_grid, tr.save
+
+    def train_step(x, y):
+        out = inner_step(x, y)
+        clock.now += step_s
+        if on_step:
+            on_step(tr.step + 1)
+        return out
+
+    def timed(fn, seconds):
+        def run():
+            out = fn()
+            clock.now += seconds
+            return out
+        return run
+
+    tr.train_step, tr._sample_grid, tr.save = train_step, timed(inner_grid, sample_s), timed(inner_save, save_s)
+    return clock
+
+
+def test_loop_times_logs_and_result_on_a_controlled_clock(tmp_path, monkeypatch):
+    """Four steps of 0.5 s, a sample grid (10 s) after step 2 and the final checkpoint (20 s): each logged interval
+    is 1 s of training for 16 images (the sample time is excluded from the rate, not from the elapsed time);
+    the call took 32 s for 32 images. CPU runs use deterministic algorithms (warning only), restored afterwards."""
+    import json
+
+    from diffusion.config import config_to_dict
+
+    cfg = tiny_cfg(total_steps=4, log_every=2, ckpt_every=4, sample_every=[2])
+    tr = Trainer(cfg, data=tiny_data(), out_dir=tmp_path, device="cpu", progress=False, sample_num=2, sample_steps=2)
+    modes = []
+    _clocked(tr, monkeypatch, on_step=lambda step: modes.append(
+        (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())))
+    assert not torch.are_deterministic_algorithms_enabled()
+    result = tr.train()
+    assert modes == [(True, True)] * 4 and not torch.are_deterministic_algorithms_enabled()
+    rows = read_metrics(tmp_path)
+    assert [(r["step"], r["images_per_s"], r["elapsed_s"], r["lr"]) for r in rows] == [
+        (2, 16.0, 1.0, 2e-3), (4, 16.0, 12.0, 2e-3)]
+    ckpt = tmp_path / "checkpoints" / "ckpt_0000004.pt"
+    assert result == {
+        "step": 4, "loss": rows[1]["loss"], "ema_loss": rows[1]["ema_loss"], "wall_time_s": 32.0, "elapsed_s": 12.0,
+        "images_per_s": 1.0, "interrupted": None, "out_dir": str(tmp_path), "checkpoint": str(ckpt),
+        "metrics": str(tmp_path / "metrics.jsonl"),
+        "samples": [str(tmp_path / "samples" / "step_000002.png"), str(tmp_path / "samples" / "step_000002.npz")]}
+    assert [p.name for p in (tmp_path / "checkpoints").glob("*.pt")] == [ckpt.name]
+    assert (tmp_path / "config.json").read_text() == json.dumps(config_to_dict(cfg), indent=2) + "\n"
+
+
+def test_a_stop_signal_logs_saves_and_says_how_to_continue(tmp_path, monkeypatch, capsys):
+    import signal
+
+    cfg = tiny_cfg(total_steps=6, log_every=4, ckpt_every=4)
+    tr = Trainer(cfg, data=tiny_data(), out_dir=tmp_path, device="cpu", progress=False)
+
+    def stop_after(step):
+        if step == 3:
+            tr._on_signal(signal.SIGTERM, None)
+
+    _clocked(tr, monkeypatch, on_step=stop_after)
+    capsys.readouterr()
+    result = tr.train()
+    ckpt = tmp_path / "checkpoints" / "ckpt_0000003.pt"
+    assert (result["step"], result["interrupted"], result["checkpoint"]) == (3, "SIGTERM", str(ckpt))
+    assert [(r["step"], r["images_per_s"], r["elapsed_s"]) for r in read_metrics(tmp_path)] == [(3, 16.0, 1.5)]
+    assert capsys.readouterr().err == f"SIGTERM: stopped at step 3; checkpoint {ckpt}; continue with --resume\n"
+
+
+def test_progress_bar_counts_steps_from_the_resumed_step(tmp_path, capsys):
+    Trainer(tiny_cfg(), data=tiny_data(), out_dir=tmp_path, device="cpu", progress=False).train(total_steps=2)
+    assert capsys.readouterr().err == ""  # progress=False: nothing on stderr
+    Trainer(tiny_cfg(), data=tiny_data(), out_dir=tmp_path, device="cpu", resume=True).train(total_steps=4)
+    err = capsys.readouterr().err
+    assert "train tiny: 100%" in err and "4/4" in err and "2/4" not in err.split("\r")[-1]
+    assert re.search(r"\d(step/s|s/step)", err)
