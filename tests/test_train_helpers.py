@@ -613,3 +613,18 @@ def test_progress_bar_counts_steps_from_the_resumed_step(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "train tiny: 100%" in err and "4/4" in err and "2/4" not in err.split("\r")[-1]
     assert re.search(r"\d(step/s|s/step)", err)
+
+
+@pytest.mark.parametrize("step_s, rate, elapsed", [(0.12345, "65", [0.123, 0.247]), (0.0, "0", [0.0, 0.0])])
+def test_logged_values_reach_the_progress_bar(tmp_path, monkeypatch, capsys, step_s, rate, elapsed):
+    """The bar's postfix shows the last logged loss, EMA loss and images per second (0 when the interval took no
+    measurable time, where the log says null); the log rounds the elapsed time to milliseconds."""
+    tr = Trainer(tiny_cfg(total_steps=2), data=tiny_data(), out_dir=tmp_path, device="cpu")
+    _clocked(tr, monkeypatch, step_s=step_s, save_s=0.0)
+    capsys.readouterr()
+    tr.train()
+    rows = read_metrics(tmp_path)
+    assert [r["elapsed_s"] for r in rows] == elapsed
+    assert [r["images_per_s"] for r in rows] == ([pytest.approx(8 / step_s)] * 2 if step_s else [None, None])
+    last = capsys.readouterr().err.split("\r")[-1]
+    assert f"ema={rows[-1]['ema_loss']:.4f}, img_s={rate}, loss={rows[-1]['loss']:.4f}]" in last  # tqdm sorts them
