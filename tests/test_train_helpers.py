@@ -6,6 +6,7 @@ its ``.npz`` written out pixel by pixel, and the trainer's samples compared with
 step against algorithm 1 written out; the loop's timing, logs, result and messages on a controlled clock."""
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -628,3 +629,19 @@ def test_logged_values_reach_the_progress_bar(tmp_path, monkeypatch, capsys, ste
     assert [r["images_per_s"] for r in rows] == ([pytest.approx(8 / step_s)] * 2 if step_s else [None, None])
     last = capsys.readouterr().err.split("\r")[-1]
     assert f"ema={rows[-1]['ema_loss']:.4f}, img_s={rate}, loss={rows[-1]['loss']:.4f}]" in last  # tqdm sorts them
+
+
+def test_trainer_defaults(tmp_path, monkeypatch):
+    """Default run folder runs/<name>, stage samples (64 images, DDIM, 50 steps), no config changes on resume; the
+    ignored-compile warning points at the caller's line."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(UserWarning) as caught:
+        tr = Trainer(tiny_cfg(compile="model"), data=tiny_data(), device="cpu")
+    assert [w.filename for w in caught] == [__file__]
+    assert tr.out_dir == Path("runs") / "tiny" and tr.ckpt_dir == Path("runs") / "tiny" / "checkpoints"
+    assert tr.metrics_path == Path("runs") / "tiny" / "metrics.jsonl"
+    assert (tr.sample_num, tr.sample_sampler, tr.sample_steps, tr.allow_config_change, tr.progress) == (
+        64, "ddim", 50, False, True)
+    assert (tr.local_batch, tr.is_main, tr.step) == (8, True, 0) and type(tr.local_batch) is int
+    assert (tmp_path / "runs" / "tiny" / "run.lock").exists()  # the folder is locked from construction on
+    tr.close()
