@@ -645,3 +645,62 @@ def test_trainer_defaults(tmp_path, monkeypatch):
     assert (tr.local_batch, tr.is_main, tr.step) == (8, True, 0) and type(tr.local_batch) is int
     assert (tmp_path / "runs" / "tiny" / "run.lock").exists()  # the folder is locked from construction on
     tr.close()
+
+
+def test_taking_over_a_dead_runs_lock_is_announced(tmp_path, capsys):
+    import json
+    import socket
+
+    (tmp_path / "run.lock").write_text(json.dumps({"pid": 2 ** 22 + 12345, "host": socket.gethostname(),
+                                                   "started": "2026-01-01T00:00:00+00:00", "command": "train"}))
+    capsys.readouterr()
+    tr = Trainer(tiny_cfg(), data=tiny_data(), out_dir=tmp_path, device="cpu", progress=False)
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: took over the lock of {tmp_path} left by ") and err.endswith(
+        "which ended without releasing it (killed or crashed)\n") and err.count("\n") == 1
+    tr.close()
+
+
+def test_metrics_are_truncated_to_the_start_step(tmp_path):
+    import json
+
+    tr = _trainer(tmp_path)
+    tr.step = 2
+    lines = [json.dumps({"step": s, "loss": 1.0}) for s in (1, 2)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join([lines[0], '{"step": 1, "lo', lines[1],
+                                                       json.dumps({"step": 3}), '{"no step": 0}', "[1]"]) + "\n")
+    tr._truncate_metrics()
+    assert (tmp_path / "metrics.jsonl").read_text() == lines[0] + "\n" + lines[1] + "\n"
+    tr.close()
+
+
+def test_processes_agree_on_a_stop_every_log_interval(tmp_path, monkeypatch):
+    """Under DDP a signal seen by any rank stops every rank, checked (one collective) every ``log_every`` steps."""
+    import signal
+    from types import SimpleNamespace
+
+    import diffusion.train
+
+    tr = _trainer(tmp_path)
+    tr.dist = SimpleNamespace(rank=0, world_size=2, local_rank=0)
+    reduced = []
+
+    def all_reduce_max(flag):
+        reduced.append(float(flag))
+        return torch.tensor(max(float(flag), other))
+
+    monkeypatch.setattr(diffusion.train.distributed, "all_reduce_max", all_reduce_max)
+    other = 0.0
+    tr.step = 3
+    assert tr._stop_requested(2) is False and reduced == []  # not a log step: no collective
+    tr.step = 4
+    assert tr._stop_requested(2) is False and reduced == [0.0] and tr._stop_signal is None
+    other = float(signal.SIGTERM)  # another rank was signalled
+    assert tr._stop_requested(2) is True and tr._stop_signal == signal.SIGTERM
+    other, reduced[:] = 0.0, []
+    tr._stop_signal = signal.SIGINT  # this rank was signalled
+    assert tr._stop_requested(2) is True and reduced == [float(signal.SIGINT)] and tr._stop_signal == signal.SIGINT
+    tr.dist = SimpleNamespace(rank=0, world_size=1, local_rank=0)
+    tr._stop_signal = None
+    assert tr._stop_requested(2) is False
+    tr.close()
