@@ -4,6 +4,7 @@ checkpoint resumed by two processes (each rank reseeds its data order with seed 
 import json
 import os
 import socket
+from datetime import timedelta
 
 import torch
 import torch.multiprocessing as mp
@@ -27,6 +28,9 @@ def _worker(rank, world, port, out_dir):
     from test_train import tiny_cfg, tiny_data
     from diffusion.train import Trainer
 
+    # joined here with a short timeout (the trainer joins an existing group): ranks that disagree on their
+    # collectives fail within a minute instead of waiting for gloo's default half hour
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=45))
     cfg = tiny_cfg(total_steps=2, ckpt_every=2, log_every=1)
     tr = Trainer(cfg, data=tiny_data(), out_dir=out_dir, device="cpu", progress=False)
     assert tr.local_batch == cfg.train.batch_size // world

@@ -60,6 +60,7 @@ DEFAULT = ["schedules", "losses", "gaussian_diffusion", "respace", "samplers", "
 # run for every surviving mutant of the trainer: left out as well
 DESELECT = ("not compiles_once and not no_graph_breaks and not ctrl_c_during_start_up "
             "and not lock_two_real_processes")
+PER_TEST_TIMEOUT = 90  # seconds; the slowest test in the lists takes about 10 s alone
 NO_GRAD = re.compile(r"^[ \t]*@torch\.no_grad\(\)[ \t]*\n", re.M)
 
 
@@ -86,6 +87,11 @@ def prepare(work: Path, modules: list[str], tests_from: Path, resume: bool, time
         f.write_text(NO_GRAD.sub("", f.read_text()))
     tests = sorted({f"tests/{t}.py" for m in modules for t in TESTS[m] if (work / "tests" / f"{t}.py").is_file()})
     text = (ROOT / "pyproject.toml").read_text()
+    if "\ntimeout = " not in text:
+        raise SystemExit("pyproject.toml: the pytest timeout setting this tool shortens is missing")
+    # a mutant that hangs a test fails it after PER_TEST_TIMEOUT s instead of waiting for mutmut's limit (minutes
+    # for the trainer's tests); pytest's settings are not part of mutmut's fingerprint, so results are kept
+    text = re.sub(r"\ntimeout = \d+\n", f"\ntimeout = {PER_TEST_TIMEOUT}\n", text)
     text += ("\n[tool.mutmut]\n"
              "source_paths = ['diffusion']\n"
              f"only_mutate = {paths!r}\n"
