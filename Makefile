@@ -27,7 +27,7 @@ help:
 	@echo "make lab      open the notebooks in JupyterLab"
 	@echo "make test-lab open every notebook in JupyterLab in headless Chromium, run 01 (browser test)"
 	@echo "make bench    throughput benchmark (project vs diffusers)"
-	@echo "make mutation mutation testing of the maths and training modules (about 4 hours on 2 cores;"
+	@echo "make mutation mutation testing of the maths and training modules (most of a day on 2 cores;"
 	@echo "              MODULES=schedules,losses,... for a subset, RESUME=1 to continue; docs/testing.md)"
 
 setup: $(STAMP) $(LAB_SETTINGS) tex
