@@ -4,8 +4,6 @@ singular and complex branches of the Fréchet distance, and the classifier's aug
 from __future__ import annotations
 
 import math
-import re
-import warnings
 
 import numpy as np
 import pytest
@@ -25,10 +23,7 @@ from diffusion.metrics.intervals import FrechetToReference, ci_decimals, proxy_m
 from diffusion.metrics.kid import KidToReference, kid_from_features, polynomial_kernel
 from diffusion.metrics.neighbours import nearest_neighbours
 from diffusion.metrics.nll import bits_per_dim
-
-
-def exact(message):
-    return "^" + re.escape(message) + "$"
+from tests.messages import exact
 
 
 # ---------------------------------------------------------------- pixels

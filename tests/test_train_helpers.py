@@ -4,19 +4,27 @@ of the loss, the first non-finite step, reset on read, state round trip), and th
 its ``.npz`` written out pixel by pixel, and the trainer's samples compared with direct sampler calls; the
 ``train`` function; every argument check of the trainer and its step with its whole message; the training
 step against algorithm 1 written out; the loop's timing, logs, result and messages on a controlled clock."""
+import json
 import math
 import re
+import signal
+import socket
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from diffusion.config import config_from_dict, config_to_dict
+import diffusion.train
+from diffusion.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from diffusion.config import build_diffusion, build_model, config_from_dict, config_to_dict
 from diffusion.data import ImageData
 from diffusion.samplers import sample
-from diffusion.train import TrainStats, Trainer, resolve_device, save_sample_grid, set_lr, warmup_lr
+from diffusion.train import (NonFiniteLossError, TrainStats, Trainer, make_train_step, resolve_device,
+                             save_sample_grid, set_lr, train, warmup_lr)
+from tests.messages import exact
 from tests.test_train import read_metrics, tiny_cfg, tiny_data
 
 
@@ -192,8 +200,6 @@ def test_stage_grid_has_a_column_per_class_up_to_sixteen(tmp_path, num_classes, 
 
 def test_train_function_is_a_trainer_run(tmp_path):
     """``train(cfg, …)`` builds a Trainer with the given arguments and runs it to ``total_steps``."""
-    from diffusion.train import train
-
     result = train(tiny_cfg(sample_every=[2]), data=tiny_data(), out_dir=tmp_path / "f", device="cpu",
                    total_steps=2, progress=False, sample_num=2, sample_steps=2)
     trainer = Trainer(tiny_cfg(), data=tiny_data(), out_dir=tmp_path / "t", device="cpu", progress=False)
@@ -209,16 +215,9 @@ def test_train_function_is_a_trainer_run(tmp_path):
 
 # ---------------------------------------------------------------- argument checks, whole messages
 
-def exact(message):
-    return "^" + re.escape(message) + "$"
-
-
 def _step_parts():
-    from diffusion.config import build_diffusion
-
-    tr_cfg = tiny_cfg()
     model = torch.nn.Linear(1, 1)
-    return model, build_diffusion(tr_cfg), torch.optim.SGD(model.parameters(), lr=0.1)
+    return model, build_diffusion(tiny_cfg()), torch.optim.SGD(model.parameters(), lr=0.1)
 
 
 @pytest.mark.parametrize("kw, message", [
@@ -232,8 +231,6 @@ def _step_parts():
     (dict(grad_clip=-1), "grad_clip must be positive or None, got -1"),
 ])
 def test_train_step_arguments_are_named(kw, message):
-    from diffusion.train import make_train_step
-
     model, diffusion, optimizer = _step_parts()
     with pytest.raises(ValueError, match=exact(message)):
         make_train_step(model, diffusion, optimizer, None, **kw)
@@ -241,8 +238,6 @@ def test_train_step_arguments_are_named(kw, message):
 
 def test_train_step_batch_checks_are_named(tmp_path):
     tr = _trainer(tmp_path)
-    from diffusion.train import make_train_step
-
     step = make_train_step(tr.model, tr.diffusion, tr.optimizer, None, grad_accum=4, null_class=3, p_uncond=0.0,
                            grad_clip=None)
     x = torch.zeros(6, 1, 8, 8)
@@ -302,8 +297,6 @@ def test_fresh_run_refuses_an_earlier_runs_outputs(tmp_path):
 
 
 def test_nonfinite_loss_before_any_checkpoint_is_named(tmp_path):
-    from diffusion.train import NonFiniteLossError
-
     tr = Trainer(tiny_cfg(total_steps=4, log_every=2, ckpt_every=4), data=tiny_data(), out_dir=tmp_path, device="cpu",
                  progress=False)
     real = tr.diffusion.training_losses
@@ -319,8 +312,6 @@ def test_nonfinite_loss_before_any_checkpoint_is_named(tmp_path):
 # ---------------------------------------------------------------- resuming from an unusable checkpoint
 
 def _one_step_run(tmp_path):
-    from diffusion.checkpoint import load_checkpoint
-
     Trainer(tiny_cfg(), data=tiny_data(), out_dir=tmp_path, device="cpu", progress=False).train(total_steps=1)
     path = tmp_path / "checkpoints" / "ckpt_0000001.pt"
     return path, load_checkpoint(path)
@@ -331,8 +322,6 @@ def _resume(tmp_path, cfg=None):
 
 
 def test_resume_names_what_is_wrong_with_the_checkpoint(tmp_path):
-    from diffusion.checkpoint import CheckpointError, save_checkpoint
-
     path, state = _one_step_run(tmp_path)
     save_checkpoint({k: v for k, v in state.items() if k != "train_state"}, path)
     entries = ", ".join(sorted(k for k in state if k != "train_state"))
@@ -368,8 +357,6 @@ def test_resume_names_what_is_wrong_with_the_checkpoint(tmp_path):
 
 
 def test_resume_names_an_optimizer_state_that_does_not_fit(tmp_path):
-    from diffusion.checkpoint import CheckpointError, save_checkpoint
-
     path, state = _one_step_run(tmp_path)
     bad = {"state": {}, "param_groups": []}
     try:
@@ -394,8 +381,6 @@ def test_resume_with_a_changed_ema_warmup_uses_it(tmp_path):
 def test_history_records_each_start_whole(tmp_path):
     """history.jsonl: the fresh start, the resume (its checkpoint and step) and a second train() call of the same
     trainer, each line with exactly these entries."""
-    import json
-
     path, _ = _one_step_run(tmp_path)
     tr = _resume(tmp_path)
     tr.train(total_steps=2)
@@ -417,8 +402,6 @@ def test_history_records_each_start_whole(tmp_path):
 def test_resume_with_another_world_size_reseeds_and_says_so(tmp_path, capsys):
     """A checkpoint of two processes resumed by one: model and optimizer restored, the data order reseeded
     with seed + 7919·step + rank; the trainer remembers the checkpoint it resumed from."""
-    from diffusion.checkpoint import save_checkpoint
-
     path, state = _one_step_run(tmp_path)
     save_checkpoint(dict(state, world_size=2, rank_states=state["rank_states"] * 2), path)
     capsys.readouterr()
@@ -432,8 +415,6 @@ def test_resume_with_another_world_size_reseeds_and_says_so(tmp_path, capsys):
 
 
 def test_a_second_signal_stops_at_once(tmp_path):
-    import signal
-
     tr = _trainer(tmp_path)
     tr._on_signal(signal.SIGTERM, None)
     assert tr._stop_signal == signal.SIGTERM
@@ -450,8 +431,6 @@ def test_fast_path_settings_are_cuda_only(tmp_path):
     cfg = tiny_cfg()
     assert cfg.train.bf16 and cfg.train.channels_last  # the defaults ask for the fast path
     torch.manual_seed(cfg.train.seed)
-    from diffusion.config import build_model
-
     build_model(cfg, tiny_data())
     after_init = torch.get_rng_state()
     tr = Trainer(cfg, data=tiny_data(), out_dir=tmp_path, device="cpu", progress=False)
@@ -468,8 +447,6 @@ def test_train_step_is_algorithm_1_written_out(tmp_path):
     """One step with two micro-batches, label dropout and no clipping, against the same draws made by hand:
     t ~ U{0..T−1}, ε ~ N(0, I), labels → ∅ where U(0, 1) < p_uncond, L_simple per micro-batch / 2 summed; the
     SGD update (lr 1) is minus the gradient of that sum, and its norm is what the statistics record."""
-    from diffusion.train import make_train_step
-
     tr = _trainer(tmp_path)
     model, diffusion = tr.model, tr.diffusion
     x0 = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(2)) * 2 - 1
@@ -505,8 +482,6 @@ def test_train_step_is_algorithm_1_written_out(tmp_path):
 
 def test_train_step_defaults_are_one_fp32_batch_without_compiling(tmp_path):
     """Defaults: grad_accum 1 (a batch of 5 is fine), no bf16 (the loss equals the explicit fp32 one), clipping at 1."""
-    from diffusion.train import make_train_step
-
     tr = _trainer(tmp_path)
     x0, y = torch.zeros(5, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1])
     state = {k: v.clone() for k, v in tr.model.state_dict().items()}
@@ -535,8 +510,6 @@ class _Clock:
 def _clocked(tr, monkeypatch, step_s=0.5, sample_s=10.0, save_s=20.0, on_step=None):
     """Make the trainer's clock advance only by ``step_s`` per training step, ``sample_s`` per sample grid and
     ``save_s`` per checkpoint; ``on_step(step)`` runs after each step."""
-    import diffusion.train
-
     clock = _Clock()
     monkeypatch.setattr(diffusion.train, "time", clock)
     inner_step, inner_grid, inner_save = tr.train_step, tr._sample_grid, tr.save
@@ -563,8 +536,6 @@ def test_loop_times_logs_and_result_on_a_controlled_clock(tmp_path, monkeypatch)
     """Four steps of 0.5 s, a sample grid (10 s) after step 2 and the final checkpoint (20 s): each logged interval
     is 1 s of training for 16 images (the sample time is excluded from the rate, not from the elapsed time);
     the call took 32 s for 32 images. CPU runs use deterministic algorithms (warning only), restored afterwards."""
-    import json
-
     from diffusion.config import config_to_dict
 
     cfg = tiny_cfg(total_steps=4, log_every=2, ckpt_every=4, sample_every=[2])
@@ -589,8 +560,6 @@ def test_loop_times_logs_and_result_on_a_controlled_clock(tmp_path, monkeypatch)
 
 
 def test_a_stop_signal_logs_saves_and_says_how_to_continue(tmp_path, monkeypatch, capsys):
-    import signal
-
     cfg = tiny_cfg(total_steps=6, log_every=4, ckpt_every=4)
     tr = Trainer(cfg, data=tiny_data(), out_dir=tmp_path, device="cpu", progress=False)
 
@@ -645,9 +614,6 @@ def test_trainer_defaults(tmp_path, monkeypatch):
 
 
 def test_taking_over_a_dead_runs_lock_is_announced(tmp_path, capsys):
-    import json
-    import socket
-
     (tmp_path / "run.lock").write_text(json.dumps({"pid": 2 ** 22 + 12345, "host": socket.gethostname(),
                                                    "started": "2026-01-01T00:00:00+00:00", "command": "train"}))
     capsys.readouterr()
@@ -659,8 +625,6 @@ def test_taking_over_a_dead_runs_lock_is_announced(tmp_path, capsys):
 
 
 def test_metrics_are_truncated_to_the_start_step(tmp_path):
-    import json
-
     tr = _trainer(tmp_path)
     tr.step = 2
     lines = [json.dumps({"step": s, "loss": 1.0}) for s in (1, 2)]
@@ -673,11 +637,6 @@ def test_metrics_are_truncated_to_the_start_step(tmp_path):
 
 def test_processes_agree_on_a_stop_every_log_interval(tmp_path, monkeypatch):
     """Under DDP a signal seen by any rank stops every rank, checked (one collective) every ``log_every`` steps."""
-    import signal
-    from types import SimpleNamespace
-
-    import diffusion.train
-
     tr = _trainer(tmp_path)
     tr.dist = SimpleNamespace(rank=0, world_size=2, local_rank=0)
     reduced = []

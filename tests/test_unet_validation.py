@@ -1,13 +1,13 @@
 """Every check of the U-Net's configuration and inputs, with its whole message and at its boundaries
 (what is just allowed works, what is just outside is named); the defaults and recorded configuration; the
 context embedding and a residual block written out with the modules' own weights."""
-import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from diffusion.unet import AttnBlock, Downsample, ResBlock, UNet, timestep_embedding
+from tests.messages import exact
 
 BASE = dict(in_channels=1, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0,
             image_size=8)
@@ -15,10 +15,6 @@ BASE = dict(in_channels=1, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolut
 
 def build(**kw):
     return UNet(**{**BASE, **kw})
-
-
-def exact(message):
-    return "^" + re.escape(message) + "$"
 
 
 @pytest.mark.parametrize("kw, message", [

@@ -86,12 +86,12 @@ def prepare(work: Path, modules: list[str], tests_from: Path, resume: bool, time
         f = work / rel
         f.write_text(NO_GRAD.sub("", f.read_text()))
     tests = sorted({f"tests/{t}.py" for m in modules for t in TESTS[m] if (work / "tests" / f"{t}.py").is_file()})
-    text = (ROOT / "pyproject.toml").read_text()
-    if "\ntimeout = " not in text:
-        raise SystemExit("pyproject.toml: the pytest timeout setting this tool shortens is missing")
     # a mutant that hangs a test fails it after PER_TEST_TIMEOUT s instead of waiting for mutmut's limit (minutes
     # for the trainer's tests); pytest's settings are not part of mutmut's fingerprint, so results are kept
-    text = re.sub(r"\ntimeout = \d+\n", f"\ntimeout = {PER_TEST_TIMEOUT}\n", text)
+    text, found = re.subn(r"^timeout = \d+$", f"timeout = {PER_TEST_TIMEOUT}", (ROOT / "pyproject.toml").read_text(),
+                          flags=re.M)
+    if not found:
+        raise SystemExit("pyproject.toml: the pytest timeout setting this tool shortens is missing")
     text += ("\n[tool.mutmut]\n"
              "source_paths = ['diffusion']\n"
              f"only_mutate = {paths!r}\n"
