@@ -171,6 +171,15 @@ def test_kid_shape_errors_are_named():
             call(x)
     with pytest.raises(ValueError, match=exact("idx must select at least two samples, got 1")):
         kid.on_indices(np.zeros((3, 5)))([2])
+    for call in (kid, kid.on_indices):  # one sample is no within-set term
+        with pytest.raises(ValueError, match=exact("features must be an (N, D) array of features with N >= 2, got "
+                                                   "shape (1, 5)")):
+            call(np.zeros((1, 5)))
+    for name, call in (("features_x", lambda a: kid_from_features(a, y)),
+                       ("features_y", lambda a: kid_from_features(y, a)), ("reference_features", KidToReference)):
+        with pytest.raises(ValueError, match=exact(f"{name} must be an (N, D) array of features with N >= 2, got "
+                                                   "shape (5,)")):
+            call(np.zeros(5))
 
 
 def test_polynomial_kernel_written_out():

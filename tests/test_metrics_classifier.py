@@ -12,6 +12,8 @@ from diffusion.metrics import classifier as clf_mod
 from diffusion.metrics.classifier import (ClassifierConfig, cached_classifier, class_diversity, classifier_fd,
                                           classifier_features, classifier_predict, conditional_accuracy)
 from diffusion.metrics.fid import activation_statistics, frechet_distance
+from diffusion.metrics.kid import classifier_kid, kid_from_features
+from tests.messages import exact
 
 TINY = ClassifierConfig(width=8, steps=60, batch_size=64, lr=1e-2)
 
@@ -95,6 +97,80 @@ def test_classifier_fd_is_frechet_distance_of_features(trained):
     with pytest.warns(UserWarning):
         far = classifier_fd(clf, noise, (mu2, s2))["cfd"]
     assert far > 3 * out["cfd"]
+
+
+def test_training_is_the_recipe_written_out():
+    """Six steps against the recipe written out: global seed, then AdamW (peak lr, weight decay) under a
+    one-cycle schedule warming up over the first 20 % of the steps; batches from a permutation drawn by a CPU
+    generator seeded with ``seed`` and drawn again when fewer than a batch remain; augmentation from a second
+    generator seeded with ``seed``. Weights compared bit for bit, both on one thread."""
+    train, test = _digits()
+    train = ImageData(train.images[:120], train.labels[:120], 10, train.class_names, train.label, train.name,
+                      "train")
+    cfg = ClassifierConfig(width=4, steps=6, batch_size=50, lr=5e-2, weight_decay=0.3, seed=3)
+    clf = clf_mod.train_classifier(train, test, cfg, device="cpu", progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(3)
+        net = clf_mod.SmallCNN(1, 10, 4)
+        opt = torch.optim.AdamW(net.parameters(), lr=5e-2, weight_decay=0.3)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=5e-2, total_steps=6, pct_start=0.2)
+        augment_gen, order_gen = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+        batches = []
+        for _ in range(3):  # 120 images: two batches of 50 per permutation
+            order = torch.randperm(120, generator=order_gen)
+            batches += [order[:50], order[50:100]]
+        net.train()
+        for idx in batches:
+            x = clf_mod._augment(train.images[idx].float() / 127.5 - 1, cfg, augment_gen)
+            loss = torch.nn.functional.cross_entropy(net(x), train.labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    finally:
+        torch.set_num_threads(threads)
+    trained_state, reference = clf.net.state_dict(), net.state_dict()
+    assert list(trained_state) == list(reference)
+    for key in reference:
+        assert torch.equal(trained_state[key], reference[key]), key
+    assert clf.config == cfg and (clf.num_classes, clf.data_name) == (10, "digits")
+
+
+def test_training_shows_a_progress_bar_and_clears_it(capsys):
+    train, test = _digits()
+    cfg = ClassifierConfig(width=4, steps=6, batch_size=50)
+    clf_mod.train_classifier(train, test, cfg, device="cpu", progress=True)
+    err = capsys.readouterr().err
+    assert err.startswith("\rclassifier (digits 8×8):   0%|") and "0/6" in err
+    assert err.split("\r")[-1].strip() == ""  # a finished bar is removed
+    clf_mod.train_classifier(train, test, cfg, device="cpu", progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_classifier_kid_of_images_is_kid_of_their_features(trained):
+    clf, train, test, _ = trained
+    out = classifier_kid(clf, train.images[:40], test.images[:30])
+    expected = kid_from_features(classifier_features(clf, train.images[:40]),
+                                 classifier_features(clf, test.images[:30]))
+    assert out == {"kid": pytest.approx(expected, rel=1e-12), "num_samples": 40, "num_reference": 30, **clf.info()}
+    features = classifier_features(clf, test.images[:30])
+    assert classifier_kid(clf, train.images[:40], features)["kid"] == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError, match=exact("images must be a torch.Tensor (uint8 or float in [-1, 1]), got "
+                                               "ndarray")):  # an image array is not taken for features
+        classifier_kid(clf, train.images[:40].numpy(), features)
+
+
+def test_load_classifier_trains_on_the_train_split_and_reports_on_the_test_split(monkeypatch):
+    import diffusion.data
+
+    monkeypatch.setattr(diffusion.data, "load_dataset", lambda name, split, root=None: (name, split, root))
+    monkeypatch.setattr(clf_mod, "cached_classifier", lambda *args: args)
+    assert clf_mod.load_classifier("mnist") == (("mnist", "train", None), ("mnist", "test", None), None, None,
+                                                True, False)
+    assert clf_mod.load_classifier("cifar10", "/data", TINY, "cpu", False, True) == (
+        ("cifar10", "train", "/data"), ("cifar10", "test", "/data"), TINY, "cpu", False, True)
 
 
 def test_conditional_accuracy_and_diversity(trained):

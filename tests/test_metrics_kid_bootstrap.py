@@ -1,6 +1,8 @@
 """Classifier KID (unbiased MMD², cubic kernel) and the intervals of the proxy metrics (jackknife, bootstrap)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,7 @@ from diffusion.metrics.intervals import (FrechetToReference, bootstrap_ci, forma
                                          proxy_metrics_ci)
 from diffusion.metrics.fid import activation_statistics, frechet_distance
 from diffusion.metrics.kid import KidToReference, classifier_kid, kid_from_features, polynomial_kernel
+from tests.messages import exact
 
 
 def _kid_double_loop(x, y):
@@ -185,6 +188,28 @@ def test_jackknife_difference_combines_independent_standard_errors():
     assert d["excludes_zero"] == (d["high"] < 0 or d["low"] > 0)
     same = jackknife_difference_ci(a, rng.normal(0, 1, 30), np.mean)
     assert (same["low"] < 0 < same["high"]) == (not same["excludes_zero"])
+
+
+def test_jackknife_difference_written_out_at_another_level_and_statistic():
+    """Every entry at level 0.9 with a different statistic for b; the z of 0.9 is 1.6448536…"""
+    rng = np.random.default_rng(6)
+    a, b = rng.normal(0, 1, 12), rng.normal(0, 1, 9)
+    d = jackknife_difference_ci(a, b, np.mean, statistic_b=np.median, level=0.9)
+    ja, jb = jackknife_ci(a, np.mean), jackknife_ci(b, np.median)
+    estimate, se = a.mean() - np.median(b), math.hypot(ja["se"], jb["se"])
+    z = 1.6448536269514722
+    assert d == {"estimate": pytest.approx(estimate, rel=1e-12), "low": pytest.approx(estimate - z * se, rel=1e-12),
+                 "high": pytest.approx(estimate + z * se, rel=1e-12), "se": pytest.approx(se, rel=1e-12),
+                 "level": 0.9, "n_a": 12, "n_b": 9, "excludes_zero": False, "method": "jackknife"}
+    with pytest.raises(ValueError, match=exact("level must lie in (0, 1), got 1.5")):
+        jackknife_difference_ci(a, b, np.mean, level=1.5)
+
+
+@pytest.mark.parametrize("offset, excludes", [(0.0, False), (0.5, True), (-0.5, True)])
+def test_jackknife_difference_of_exact_statistics(offset, excludes):
+    """A statistic that does not vary has se 0: the interval is the point, which excludes 0 unless it is 0."""
+    d = jackknife_difference_ci(np.zeros(4), np.zeros(5), lambda v: offset, statistic_b=lambda v: 0.0)
+    assert (d["low"], d["high"], d["se"], d["excludes_zero"]) == (offset, offset, 0.0, excludes)
 
 
 def test_proxy_metrics_use_the_jackknife_for_distances_and_the_bootstrap_for_accuracy():

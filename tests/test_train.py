@@ -123,7 +123,10 @@ def test_sigterm_saves_checkpoint_and_stops(tmp_path):
         return out
 
     tr.train_step = step_then_signal
-    res = tr.train()
+    try:
+        res = tr.train()
+    except KeyboardInterrupt:  # caught here: pytest would take it for the user stopping the run
+        pytest.fail("one SIGTERM interrupted the run instead of ending it after the step")
     assert res["interrupted"] == "SIGTERM" and res["step"] == 3
     assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["ckpt_0000003.pt"]
     assert read_metrics(tmp_path)[-1]["step"] == 3

@@ -211,6 +211,9 @@ def test_train_function_is_a_trainer_run(tmp_path):
     resumed = train(tiny_cfg(sample_every=[2]), data=tiny_data(), out_dir=tmp_path / "f", device="cpu", resume=True,
                     total_steps=3, progress=False)
     assert resumed["step"] == 3
+    with pytest.raises(ValueError, match=exact("device must be 'cpu', 'cuda' or 'cuda:<index>', got 'meta'")):
+        train(tiny_cfg(), data=tiny_data(), out_dir=tmp_path / "d", device="meta", total_steps=1, progress=False)
+    assert not (tmp_path / "d").exists()  # the device is checked before anything is written
 
 
 # ---------------------------------------------------------------- argument checks, whole messages
@@ -414,9 +417,26 @@ def test_resume_with_another_world_size_reseeds_and_says_so(tmp_path, capsys):
     tr.close()
 
 
+def test_reseeding_after_a_world_size_change_uses_step_and_rank(tmp_path):
+    """The reseed is seed + 7919·step + rank for every step and rank (here step 2, ranks 0 and 1 of 3)."""
+    Trainer(tiny_cfg(), data=tiny_data(), out_dir=tmp_path, device="cpu", progress=False).train(total_steps=2)
+    path = tmp_path / "checkpoints" / "ckpt_0000002.pt"
+    state = load_checkpoint(path)
+    save_checkpoint(dict(state, world_size=2, rank_states=state["rank_states"] * 2), path)
+    tr = _resume(tmp_path)
+    assert torch.initial_seed() == 0 + 7919 * 2 + 0
+    tr.dist = SimpleNamespace(rank=1, world_size=3, local_rank=1)  # as rank 1 of three processes would
+    tr._load()
+    assert torch.initial_seed() == 0 + 7919 * 2 + 1
+    tr.close()
+
+
 def test_a_second_signal_stops_at_once(tmp_path):
     tr = _trainer(tmp_path)
-    tr._on_signal(signal.SIGTERM, None)
+    try:
+        tr._on_signal(signal.SIGTERM, None)
+    except KeyboardInterrupt:  # caught here: pytest would take it for the user stopping the run
+        pytest.fail("the first signal stopped the run at once instead of at the next step")
     assert tr._stop_signal == signal.SIGTERM
     with pytest.raises(KeyboardInterrupt):
         tr._on_signal(signal.SIGINT, None)
@@ -569,7 +589,10 @@ def test_a_stop_signal_logs_saves_and_says_how_to_continue(tmp_path, monkeypatch
 
     _clocked(tr, monkeypatch, on_step=stop_after)
     capsys.readouterr()
-    result = tr.train()
+    try:
+        result = tr.train()
+    except KeyboardInterrupt:  # caught here: pytest would take it for the user stopping the run
+        pytest.fail("one stop signal interrupted the run instead of ending it after the step")
     ckpt = tmp_path / "checkpoints" / "ckpt_0000003.pt"
     assert (result["step"], result["interrupted"], result["checkpoint"]) == (3, "SIGTERM", str(ckpt))
     assert [(r["step"], r["images_per_s"], r["elapsed_s"]) for r in read_metrics(tmp_path)] == [(3, 16.0, 1.5)]

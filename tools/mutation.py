@@ -3,9 +3,9 @@
 The run happens in a scratch copy (``build/mutation/`` by default), never in the working tree:
 
 1. ``diffusion/``, ``tests/``, ``configs/`` and ``pyproject.toml`` are copied there;
-2. in the copy, ``@torch.no_grad()`` decorator lines are removed from the mutated modules: mutmut 3 does
-   not mutate decorated functions, and without this the sampling loops, the bound loop and the EMA update
-   would be skipped (the decorator only switches autograd off; no test depends on it);
+2. in the copy, ``@torch.no_grad()`` decorators of the mutated modules are moved to assignments at the end of
+   the module (:func:`move_no_grad`): mutmut 3 does not mutate decorated functions, and without this the
+   sampling loops, the bound loop, the EMA update and the Inception features would be skipped;
 3. a ``[tool.mutmut]`` section names the modules and the test files relevant to them; mutmut records which
    tests reach which function and runs, per mutant, only those;
 4. ``mutmut run`` (``--max-children`` = ``--jobs``), then a per-module summary: killed, timeouts, survivors
@@ -24,6 +24,7 @@ current tests. A killed mutant stays killed: tests are only ever added.
 from __future__ import annotations
 
 import argparse
+import ast
 import collections
 import os
 import re
@@ -60,15 +61,49 @@ DEFAULT = ["schedules", "losses", "gaussian_diffusion", "respace", "samplers", "
 # run for every surviving mutant of the trainer: left out as well
 DESELECT = ("not compiles_once and not no_graph_breaks and not ctrl_c_during_start_up "
             "and not lock_two_real_processes")
+# mutmut stops a mutant after multiplier × (its tests' recorded time + this) s of wall time (twice that in CPU
+# time); it records only the tests' call phase, not their fixtures (the proxy classifier is trained in a 3 s
+# fixture whose test takes 0.01 s), so its default of 1 s would call such tests' mutants timeouts
+TIMEOUT_CONSTANT = 10.0
 PER_TEST_TIMEOUT = 90  # seconds; the slowest test in the lists takes about 10 s alone
 NO_GRAD = re.compile(r"^[ \t]*@torch\.no_grad\(\)[ \t]*\n", re.M)
 
 
+def move_no_grad(source: str) -> str:
+    """``source`` with every ``@torch.no_grad()`` decorator line removed and the same wrapping applied by
+    assignments at the end of the module (``f = torch.no_grad()(f)``, ``C.m = torch.no_grad()(C.m)``).
+
+    mutmut 3 skips decorated functions; wrapped afterwards, the function is mutated and still runs without
+    autograd (a test may depend on that: features of a network whose weights require gradients cannot become
+    NumPy arrays otherwise). mutmut mutates only inside functions, so the assignments are never mutated."""
+    names = []
+    for node in ast.parse(source).body:
+        owner, defs = (node.name + ".", node.body) if isinstance(node, ast.ClassDef) else ("", [node])
+        for d in defs:
+            if isinstance(d, ast.FunctionDef) and any(ast.unparse(x) == "torch.no_grad()" for x in d.decorator_list):
+                names.append(owner + d.name)
+    stripped, n = NO_GRAD.subn("", source)
+    if n != len(names):
+        raise SystemExit(f"found {n} @torch.no_grad() lines but {len(names)} module-level functions or methods "
+                         "decorated with it; move_no_grad handles only those")
+    return stripped + "".join(f"\n{name} = torch.no_grad()({name})  # pragma: no mutate" for name in names) + (
+        "\n" if names else "")
+
+
 def module_paths(name: str) -> list[str]:
+    """The files of ``name``: ``metrics`` is every module of ``diffusion/metrics/``, ``metrics.kid`` one of them."""
     if name == "metrics":
         return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "diffusion" / "metrics").glob("*.py")
                       if p.name != "__init__.py")
-    return [f"diffusion/{name}.py"]
+    return [f"diffusion/{name.replace('.', '/')}.py"]
+
+
+def known(name: str) -> bool:
+    """A module of the list, or one module of ``metrics/`` (``metrics.kid``), which is tested like all of them."""
+    if name in TESTS:
+        return True
+    package, _, sub = name.partition(".")
+    return package == "metrics" and sub != "__init__" and (ROOT / module_paths(name)[0]).is_file()
 
 
 def prepare(work: Path, modules: list[str], tests_from: Path, resume: bool, timeout_multiplier: float) -> None:
@@ -84,8 +119,9 @@ def prepare(work: Path, modules: list[str], tests_from: Path, resume: bool, time
     paths = [p for m in modules for p in module_paths(m)]
     for rel in paths:
         f = work / rel
-        f.write_text(NO_GRAD.sub("", f.read_text()))
-    tests = sorted({f"tests/{t}.py" for m in modules for t in TESTS[m] if (work / "tests" / f"{t}.py").is_file()})
+        f.write_text(move_no_grad(f.read_text()))
+    tests = sorted({f"tests/{t}.py" for m in modules for t in TESTS[m.split(".")[0]]
+                    if (work / "tests" / f"{t}.py").is_file()})
     # a mutant that hangs a test fails it after PER_TEST_TIMEOUT s instead of waiting for mutmut's limit (minutes
     # for the trainer's tests); pytest's settings are not part of mutmut's fingerprint, so results are kept
     text, found = re.subn(r"^timeout = \d+$", f"timeout = {PER_TEST_TIMEOUT}", (ROOT / "pyproject.toml").read_text(),
@@ -98,6 +134,7 @@ def prepare(work: Path, modules: list[str], tests_from: Path, resume: bool, time
              "also_copy = ['configs']\n"
              "process_isolation = 'forkserver'\n"  # torch's thread pools are not fork-safe after tests ran
              f"timeout_multiplier = {timeout_multiplier}\n"
+             f"timeout_constant = {TIMEOUT_CONSTANT}\n"
              f"pytest_add_cli_args_test_selection = {tests!r}\n"
              f"pytest_add_cli_args = ['-p', 'no:cacheprovider', '-q', '-x', '-k', {DESELECT!r}]\n").replace("'", '"')
     (work / "pyproject.toml").write_text(text)
@@ -166,23 +203,26 @@ def _row(name, c) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--modules", default=",".join(DEFAULT),
-                    help=f"comma-separated modules out of {', '.join(TESTS)} (default: all of them)")
+                    help=f"comma-separated modules out of {', '.join(TESTS)}, or single modules of metrics/ such as "
+                         "metrics.kid (default: all of them)")
     ap.add_argument("--jobs", type=int, default=1,
                     help="parallel mutants (mutmut --max-children); on 2 cores 1 is fastest: mutmut's main process "
                          "keeps a core busy, and a second worker slowed every mutant about threefold")
     ap.add_argument("--work", type=Path, default=ROOT / "build" / "mutation", help="scratch folder")
     ap.add_argument("--tests-from", type=Path, default=ROOT / "tests", help="the tests/ folder to run")
     ap.add_argument("--timeout-multiplier", type=float, default=4.0,
-                    help="a mutant times out after 2 × this × (its tests' recorded time + 1 s) of CPU; a "
-                         "change rechecks every timeout (mutmut's default, 15, makes a hang cost many minutes)")
+                    help=f"a mutant times out after this × (its tests' recorded time + {TIMEOUT_CONSTANT:g} s) of wall "
+                         "time, or twice that of CPU time; a change rechecks every timeout (mutmut's default, 15, "
+                         "makes a hang cost many minutes)")
     ap.add_argument("--resume", action="store_true",
                     help="continue the run in --work with the current sources and tests, then recheck its survivors")
     ap.add_argument("--summary-only", action="store_true", help="only summarise an earlier run in --work")
     args = ap.parse_args(argv)
     modules = [m.strip() for m in args.modules.split(",") if m.strip()]
-    unknown = [m for m in modules if m not in TESTS]
+    unknown = [m for m in modules if not known(m)]
     if unknown:
-        ap.error(f"--modules: unknown {unknown}; choose from {', '.join(TESTS)}")
+        ap.error(f"--modules: unknown {unknown}; choose from {', '.join(TESTS)} or one module of metrics/ "
+                 "(metrics.kid)")
     mutmut = shutil.which("mutmut", path=str(Path(sys.executable).parent)) or shutil.which("mutmut")
     if mutmut is None:
         ap.error("mutmut is not installed (pip install -r requirements-dev.txt)")
