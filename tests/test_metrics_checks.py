@@ -100,6 +100,17 @@ def test_grey_images_are_repeated_to_rgb_and_scaled_to_unit_range():
     np.testing.assert_allclose(logits[:, 0], grey.flatten(1).amax(1).double().numpy() / 255.0, rtol=1e-6)
 
 
+def test_inception_batches_of_50_with_a_progress_bar_by_default(capsys):
+    net = RecordingNet()
+    feats, _ = inception_features_and_logits(torch.zeros(120, 3, 2, 2, dtype=torch.uint8), net)
+    assert [len(b) for b in net.batches] == [50, 50, 20] and feats.shape == (120, 3)
+    err = capsys.readouterr().err
+    assert err.startswith("\rInception:   0%|") and "0/3" in err
+    assert err.split("\r")[-1].strip() == ""  # a finished bar is removed
+    inception_features_and_logits(torch.zeros(2, 3, 2, 2, dtype=torch.uint8), net, progress=False)
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("images, batch_size, message", [
     (torch.zeros(2, 3, 4, 4, dtype=torch.uint8), 0, "batch_size must be a positive integer, got 0"),
     (torch.zeros(2, 2, 4, 4, dtype=torch.uint8), 1, "images must have 1 or 3 channels, got 2"),
@@ -131,6 +142,32 @@ def test_fid_from_images_against_given_statistics_and_a_dataset(tmp_path, monkey
         from_data = fid_from_images(samples, data, RecordingNet(), batch_size=7, progress=False)
     assert from_data == pytest.approx(expected, rel=1e-6)
     assert len(list(tmp_path.glob("fid_stats/ref-train-30-*.npz"))) == 1
+
+
+@pytest.mark.filterwarnings("ignore:FID from 6 < 2048")
+def test_fid_from_images_passes_batch_size_and_progress_on(monkeypatch):
+    """Batches of 50 and a progress bar by default, for the samples and the reference alike."""
+    import diffusion.metrics.fid as fid_mod
+
+    calls = []
+    feats = np.random.default_rng(2).normal(size=(6, 3))
+
+    def features(images, net, batch_size=None, progress=None):
+        calls.append(("samples", batch_size, progress))
+        return feats, None
+
+    def reference_statistics(data, net, batch_size=None, progress=None):
+        calls.append(("reference", batch_size, progress))
+        return activation_statistics(feats[::-1] ** 2)
+
+    monkeypatch.setattr(fid_mod, "inception_features_and_logits", features)
+    monkeypatch.setattr(fid_mod, "reference_statistics", reference_statistics)
+    value = fid_from_images(torch.zeros(6, 3, 4, 4), "a dataset", RecordingNet())
+    assert calls == [("reference", 50, True), ("samples", 50, True)]
+    assert value == pytest.approx(frechet_distance(*activation_statistics(feats), *activation_statistics(feats ** 2)))
+    calls.clear()
+    fid_from_images(torch.zeros(6, 3, 4, 4), "a dataset", RecordingNet(), batch_size=3, progress=False)
+    assert calls == [("reference", 3, False), ("samples", 3, False)]
 
 
 # ---------------------------------------------------------------- Fréchet distance branches

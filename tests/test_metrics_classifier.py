@@ -100,14 +100,14 @@ def test_classifier_fd_is_frechet_distance_of_features(trained):
 
 
 def test_training_is_the_recipe_written_out():
-    """Six steps against the recipe written out: global seed, then AdamW (peak lr, weight decay) under a
+    """Ten steps against the recipe written out: global seed, then AdamW (peak lr, weight decay) under a
     one-cycle schedule warming up over the first 20 % of the steps; batches from a permutation drawn by a CPU
     generator seeded with ``seed`` and drawn again only when fewer than a batch remain; augmentation from a second
     generator seeded with ``seed``. Weights compared bit for bit, both on one thread."""
     train, test = _digits()
     train = ImageData(train.images[:100], train.labels[:100], 10, train.class_names, train.label, train.name,
                       "train")
-    cfg = ClassifierConfig(width=4, steps=6, batch_size=50, lr=5e-2, weight_decay=0.3, seed=3)
+    cfg = ClassifierConfig(width=4, steps=10, batch_size=50, lr=5e-2, weight_decay=0.3, seed=3)
     clf = clf_mod.train_classifier(train, test, cfg, device="cpu", progress=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -115,10 +115,10 @@ def test_training_is_the_recipe_written_out():
         torch.manual_seed(3)
         net = clf_mod.SmallCNN(1, 10, 4)
         opt = torch.optim.AdamW(net.parameters(), lr=5e-2, weight_decay=0.3)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=5e-2, total_steps=6, pct_start=0.2)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=5e-2, total_steps=10, pct_start=0.2)
         augment_gen, order_gen = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
         batches = []
-        for _ in range(3):  # 100 images: two batches of 50 per permutation, the second ending at its last image
+        for _ in range(5):  # 100 images: two batches of 50 per permutation, the second ending at its last image
             order = torch.randperm(100, generator=order_gen)
             batches += [order[:50], order[50:]]
         net.train()
@@ -140,13 +140,22 @@ def test_training_is_the_recipe_written_out():
 
 def test_training_shows_a_progress_bar_and_clears_it(capsys):
     train, test = _digits()
-    cfg = ClassifierConfig(width=4, steps=6, batch_size=50)
+    cfg = ClassifierConfig(width=4, steps=10, batch_size=50)
     clf_mod.train_classifier(train, test, cfg, device="cpu", progress=True)
     err = capsys.readouterr().err
-    assert err.startswith("\rclassifier (digits 8×8):   0%|") and "0/6" in err
+    assert err.startswith("\rclassifier (digits 8×8):   0%|") and "0/10" in err
     assert err.split("\r")[-1].strip() == ""  # a finished bar is removed
     clf_mod.train_classifier(train, test, cfg, device="cpu", progress=False)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("steps", [5, 9, 0, 10.0])
+def test_training_needs_ten_steps(steps):
+    """With fewer, the one-cycle schedule's warm-up is shorter than a step (at 5 steps torch divides by zero)."""
+    train, test = _digits()
+    with pytest.raises(ValueError, match=exact("the proxy classifier needs steps >= 10 (its one-cycle learning rate "
+                                               f"warms up over the first 20 % of the steps), got steps={steps!r}")):
+        clf_mod.train_classifier(train, test, ClassifierConfig(width=4, steps=steps), device="cpu", progress=False)
 
 
 def test_classifier_kid_of_images_is_kid_of_their_features(trained):

@@ -47,3 +47,47 @@ def test_conditional_kwargs_are_sliced_and_bad_input_rejected():
         eps_error_by_timestep(d, model, x0, [100])
     with pytest.raises(ValueError, match="x0"):
         eps_error_by_timestep(d, model, torch.zeros(0, 1), [1])
+
+
+def test_noise_draws_written_out_with_default_batches():
+    """The noise is drawn from ``generator`` per batch of 256 in the images' dtype; ε̂ = 0 and ε̂ = x_t written
+    out with the same draws agree to rounding, whatever the global seed."""
+    d = create_diffusion("linear", 50)
+    x0 = torch.rand(300, 1, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    ts = [0, 17, 49]
+    sizes = []
+
+    def zero(x, t):
+        assert x.dtype == torch.float64 and t.dtype == torch.int64
+        sizes.append(len(x))
+        return torch.zeros_like(x)
+
+    torch.manual_seed(123)
+    r = eps_error_by_timestep(d, zero, x0, np.asarray(ts, dtype=np.int32), generator=torch.Generator().manual_seed(7))
+    assert sizes == [256, 44] * 3
+    assert r["t"].dtype == np.int64 and r["t"].tolist() == ts
+    g = torch.Generator().manual_seed(7)
+    for k, t in enumerate(ts):
+        ab = float(d.alpha_bar[t])
+        noise = torch.cat([torch.randn(256, 1, 2, 2, generator=g, dtype=torch.float64),
+                           torch.randn(44, 1, 2, 2, generator=g, dtype=torch.float64)])
+        x_t = ab**0.5 * x0 + (1 - ab) ** 0.5 * noise
+        assert r["mse"][k] == pytest.approx(float((noise**2).mean()), rel=1e-12)
+        assert r["identity_mse"][k] == pytest.approx(float(((x_t - noise) ** 2).mean()), rel=1e-12)
+    torch.manual_seed(321)
+    again = eps_error_by_timestep(d, zero, x0, ts, generator=torch.Generator().manual_seed(7))
+    np.testing.assert_array_equal(again["mse"], r["mse"])
+
+
+@pytest.mark.parametrize("x0", [torch.zeros(5), np.zeros((5, 1)), torch.zeros(0, 1)])
+def test_rejects_images_that_are_not_a_batch(x0):
+    d = create_diffusion("linear", 10)
+    with pytest.raises(ValueError, match=r"^x0 must be a non-empty batch of images \(N, \.\.\.\) in \[-1, 1\]$"):
+        eps_error_by_timestep(d, lambda x, t: x, x0, [1])
+
+
+@pytest.mark.parametrize("ts", [[-1], [], [3, 10]])
+def test_rejects_timesteps_out_of_range(ts):
+    d = create_diffusion("linear", 10)
+    with pytest.raises(ValueError, match=r"^timesteps must be a non-empty list of indices in \[0, 10\)$"):
+        eps_error_by_timestep(d, lambda x, t: x, torch.zeros(2, 1), ts)

@@ -227,3 +227,22 @@ def test_reference_statistics_keyed_by_digest(tmp_path, monkeypatch):
     assert len(seen) == 3
     fid_mod.reference_statistics(Data, net=Net)
     assert len(seen) == 3
+
+
+def test_singular_product_default_regularisation():
+    with pytest.warns(RuntimeWarning, match=r"^Fréchet distance: singular covariance product; adding 1e-06 to the "
+                                            r"diagonals$"):
+        d = fid_mod.frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.array([[0.0, 1.0], [0.0, 0.0]]))
+    assert d == pytest.approx(2.0 - 4.0 * math.sqrt((1 + 1e-6) * 1e-6), rel=1e-9)
+
+
+def test_few_samples_warning_points_at_the_caller_and_stops_at_2048(monkeypatch):
+    """The warning names the line that called the metric (``fid_from_images`` here), not the metric's module."""
+    monkeypatch.setattr(fid_mod, "inception_features_and_logits",
+                        lambda images, net, batch_size, progress: (np.eye(3, 2), None))
+    with pytest.warns(UserWarning, match=r"^FID from 3 < 2048 samples is biased") as record:
+        fid_from_images(torch.zeros(3, 1, 2, 2), (np.zeros(2), np.eye(2)), None, progress=False)
+    assert record[0].category is UserWarning and record[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fid_mod.warn_if_few_samples(2048)

@@ -14,6 +14,7 @@ import pytest
 from diffusion.metrics import inception
 from diffusion.metrics.inception import (InceptionWeightsCorrupt, InceptionWeightsMissing, download_weights,
                                          ensure_weights, load_inception, verify_weights, weights_path)
+from tests.messages import exact
 
 PAYLOAD = b"not really inception weights\n" * 1000
 PREFIX = hashlib.sha256(PAYLOAD).hexdigest()[:8]
@@ -65,7 +66,11 @@ def test_verify_weights_checks_the_prefix_in_the_name(tmp_path):
     assert verify_weights(str(good)) == hashlib.sha256(PAYLOAD).hexdigest()
     bad = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
     bad.write_bytes(PAYLOAD)
-    with pytest.raises(InceptionWeightsCorrupt, match="fail the integrity check.*does not start with 6726825d"):
+    digest = hashlib.sha256(PAYLOAD).hexdigest()
+    with pytest.raises(InceptionWeightsCorrupt, match=exact(
+            f"FID Inception weights at {bad} fail the integrity check: SHA-256 {digest[:16]}... does not start with "
+            f"6726825d (the prefix in the file name). The file is corrupt or not pytorch-fid's; delete it and "
+            f"download {inception.WEIGHTS_URL} again.")):
         verify_weights(str(bad))
     unnamed = tmp_path / "weights.pth"
     unnamed.write_bytes(PAYLOAD)
@@ -90,6 +95,12 @@ def test_download_verifies_and_renames_into_place(tmp_path, server, capsys):
     assert path.read_bytes() == PAYLOAD and os.listdir(path.parent) == [path.name]
     out, err = capsys.readouterr()
     assert out == "" and "downloading" in err
+
+
+def test_download_to_a_bare_file_name_writes_into_the_working_directory(tmp_path, server, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    download_weights(f"weights-{PREFIX}.pth", f"{server}/good", timeout=5)
+    assert os.listdir(tmp_path) == [f"weights-{PREFIX}.pth"]
 
 
 @pytest.mark.parametrize("route, error, match", [
@@ -153,3 +164,69 @@ def test_ensure_weights_downloads_once_into_the_hub_cache(tmp_path, server, monk
     assert digest == hashlib.sha256(PAYLOAD).hexdigest()
     monkeypatch.setattr(inception, "WEIGHTS_URL", f"{server}/missing")  # a second call never downloads
     assert ensure_weights(allow_download=True, timeout=5) == (path, digest)
+
+
+def test_fid_inception_built_from_the_verified_file(monkeypatch):
+    """The network is built from the file ``ensure_weights`` verified (downloads allowed and a 30 s timeout by
+    default), loaded on the CPU with ``weights_only=True``, handed to pytorch-fid's pool3 InceptionV3 (resize to
+    299, input scaled to [-1, 1]) instead of its own download; the IS logits are that file's ``fc`` weight, no bias.
+    pytorch-fid's network and the file are replaced by recording stand-ins."""
+    import pytorch_fid.inception as pfi
+    import torch
+    from torch import nn
+
+    calls = {}
+    state = {"fc.weight": torch.randn(1008, 2048, generator=torch.Generator().manual_seed(0)), "fc.bias": None}
+
+    def fake_ensure(allow_download=None, timeout=None):
+        calls["ensure"] = (allow_download, timeout)
+        return "/hub/checkpoints/weights-abcd1234.pth", "abcd1234" + "0" * 56
+
+    def fake_load(path, map_location="missing", weights_only="missing"):
+        calls["load"] = (path, map_location, weights_only)
+        return state
+
+    class FakeInceptionV3(nn.Module):
+        BLOCK_INDEX_BY_DIM = pfi.InceptionV3.BLOCK_INDEX_BY_DIM
+
+        def __init__(self, *args, **kwargs):
+            super().__init__()
+            calls["inception"] = (args, kwargs, pfi.load_state_dict_from_url("the release URL"))
+
+    monkeypatch.setattr(inception, "ensure_weights", fake_ensure)
+    monkeypatch.setattr(torch, "load", fake_load)
+    monkeypatch.setattr(pfi, "InceptionV3", FakeInceptionV3)
+    net = inception.FIDInception()
+    assert calls["ensure"] == (True, 30.0)
+    assert calls["load"] == ("/hub/checkpoints/weights-abcd1234.pth", "cpu", True)
+    args, kwargs, handed = calls["inception"]
+    assert args == ([3],) and kwargs == {"resize_input": True, "normalize_input": True} and handed is state
+    assert net.weights_sha256 == "abcd1234" + "0" * 56 and net.fc.bias is None
+    assert torch.equal(net.fc.weight, state["fc.weight"]) and not net.training
+    inception.FIDInception(allow_download=False, timeout=2.5)
+    assert calls["ensure"] == (False, 2.5)
+    seen = []
+    monkeypatch.setattr(inception, "FIDInception", lambda **kwargs: seen.append(kwargs) or nn.Identity())
+    inception.load_inception("cpu")
+    assert seen == [{"allow_download": True, "timeout": 30.0}]
+
+
+def test_weights_file_name_without_a_hash_prefix_is_refused_in_full(tmp_path):
+    unnamed = tmp_path / "weights.pth"
+    unnamed.write_bytes(PAYLOAD)
+    with pytest.raises(InceptionWeightsCorrupt, match=exact(
+            "weights file name 'weights.pth' carries no SHA-256 prefix (expected '<name>-<hex prefix>.pth'); refusing "
+            "unverifiable weights")):
+        verify_weights(str(unnamed))
+
+
+def test_ensure_weights_downloads_by_default_with_its_timeout(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    seen = []
+    monkeypatch.setattr(inception, "download_weights", lambda path, url=None, timeout=None: seen.append(
+        (path, url, timeout)) or "digest")
+    assert ensure_weights() == (weights_path(), "digest")
+    assert ensure_weights(timeout=4.0) == (weights_path(), "digest")
+    assert seen == [(weights_path(), None, 30.0), (weights_path(), None, 4.0)]
+    with pytest.raises(InceptionWeightsMissing, match=rf"^FID Inception weights not found at .* \(downloads disabled\)\. "):
+        ensure_weights(allow_download=False)

@@ -94,3 +94,33 @@ def test_record_flags_small_samples_and_shows_n():
         big = inception_score_record(logits)
         assert (big["mean"], big["std"]) == inception_score(logits)
     assert big["reportable"] is True and big["n"] == MIN_REPORTABLE_SAMPLES
+
+
+def test_record_passes_its_splits_on():
+    logits = np.random.default_rng(4).normal(size=(MIN_REPORTABLE_SAMPLES, 5))
+    record = inception_score_record(logits, splits=4)
+    assert (record["mean"], record["std"], record["splits"]) == (*inception_score(logits, splits=4), 4)
+    assert record["std"] != inception_score(logits)[1]
+
+
+def test_small_sample_warning_in_full_at_the_callers_line_and_float64_throughout():
+    logits = np.random.default_rng(6).normal(scale=3.0, size=(40, 7)).astype(np.float32)
+    with pytest.warns(UserWarning, match=r"^Inception Score from N=40 < 5000 images is not reportable \(small-sample "
+                                         r"bias; not comparable with published values from 50,000 images\)$") as rec:
+        from_f32 = inception_score(logits, splits=4)
+    assert rec[0].category is UserWarning and rec[0].filename == __file__
+    with pytest.warns(UserWarning):
+        from_f64 = inception_score(logits.astype(np.float64), splits=4)
+    assert from_f32 == pytest.approx(from_f64, rel=1e-13, abs=0)
+
+
+def test_splits_boundaries():
+    from diffusion.metrics.inception_score import check_splits
+
+    check_splits(20, 10)  # two images per split
+    check_splits(21, 10)
+    with pytest.raises(ValueError, match=r"^the Inception Score needs at least 2 images per split: got N=19 images for "
+                                         r"splits=10 \(N must be >= 20\)$"):
+        check_splits(19, 10)
+    with pytest.raises(ValueError, match=r"N=3 images for splits=2 \(N must be >= 4\)$"):
+        check_splits(3, 2)  # 1.5 images per split

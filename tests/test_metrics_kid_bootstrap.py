@@ -219,3 +219,108 @@ def test_proxy_metrics_use_the_jackknife_for_distances_and_the_bootstrap_for_acc
     assert out["cfd"]["method"] == out["kid"]["method"] == "jackknife"
     assert out["cfd"]["low"] < out["cfd"]["estimate"] < out["cfd"]["high"]
     assert "method" not in out["acc"] and out["acc"]["num_resamples"] >= 10
+
+
+def test_proxy_metrics_ci_is_its_intervals_written_out():
+    """Level, resamples and seed reach every interval; float32 features and a column of 0/1 values are accepted."""
+    rng = np.random.default_rng(11)
+    ref, feats = rng.normal(size=(60, 4)), rng.normal(0.3, 1.0, size=(15, 4))
+    correct = (rng.random(15) < 0.6).reshape(15, 1)
+    out = proxy_metrics_ci(feats.astype(np.float32), ref.astype(np.float32), correct, num_resamples=40, level=0.9,
+                           seed=5)
+    f32, r32 = feats.astype(np.float32).astype(np.float64), ref.astype(np.float32).astype(np.float64)
+    assert out == {
+        "n": 15,
+        "cfd": jackknife_ci(f32, FrechetToReference.from_features(r32), level=0.9),
+        "kid": jackknife_ci(np.arange(15), KidToReference(r32).on_indices(f32), level=0.9),
+        "acc": bootstrap_ci(100.0 * correct.reshape(-1), np.mean, num_resamples=40, level=0.9, seed=5)}
+    default = proxy_metrics_ci(feats, ref, correct.ravel(), num_resamples=40)
+    assert default["acc"] == bootstrap_ci(100.0 * correct.ravel(), np.mean, num_resamples=40, level=0.95, seed=0)
+    assert default["cfd"]["level"] == default["kid"]["level"] == 0.95 and "acc" not in proxy_metrics_ci(feats, ref)
+
+
+@pytest.mark.parametrize("shapes", [((15,), (60, 4)), ((15, 4), (60,)), ((15, 4), (60, 3))])
+def test_proxy_metrics_ci_rejects_features_of_other_shapes(shapes):
+    a, b = np.zeros(shapes[0]), np.ones(shapes[1])
+    with pytest.raises(ValueError, match=exact("features and reference_features must be (n, D) and (N, D) with the "
+                                               f"same D, got {shapes[0]} and {shapes[1]}")):
+        proxy_metrics_ci(a, b)
+
+
+def test_kid_on_indices_of_two_samples_and_of_one():
+    rng = np.random.default_rng(12)
+    ref, feats = rng.normal(size=(20, 3)), rng.normal(size=(6, 3))
+    kid = KidToReference(ref)
+    assert kid.on_indices(feats)([4, 1]) == pytest.approx(kid(feats[[4, 1]]), rel=1e-12)
+    with pytest.raises(ValueError, match=exact("idx must select at least two samples, got 1")):
+        kid.on_indices(feats)([3])
+
+
+def test_jackknife_of_three_values():
+    x = np.array([1.0, 4.0, 2.5])
+    ci = jackknife_ci(x, np.mean, level=0.95)
+    assert (ci["n"], ci["estimate"]) == (3, 2.5)
+    assert ci["se"] == pytest.approx(x.std(ddof=1) / np.sqrt(3), rel=1e-12)
+
+
+def test_frechet_to_reference_in_float64_whatever_the_input():
+    """float32 features and a float32 reference covariance give the float64 result; two samples suffice;
+    eigenvalues of Σ_ref that rounding made slightly negative count as zero."""
+    rng = np.random.default_rng(13)
+    d = 5
+    feats, ref = rng.normal(size=(9, d)), rng.normal(size=(40, d))
+    mu, sigma = activation_statistics(ref)
+    exact64 = FrechetToReference(mu, sigma)
+    f32 = feats.astype(np.float32)
+    s32 = sigma.astype(np.float32)
+    from_f32 = FrechetToReference(mu, s32.astype(np.float64))(f32.astype(np.float64))
+    assert FrechetToReference(mu, s32)(f32) == pytest.approx(from_f32, rel=1e-12, abs=0)
+    assert exact64(feats[:2]) == pytest.approx(frechet_distance(*activation_statistics(feats[:2]), mu, sigma),
+                                               rel=1e-6)
+    vec = np.linalg.qr(rng.normal(size=(d, d)))[0]
+    lam = np.array([2.0, 1.0, 0.5, 0.0, 0.0])
+    psd = (vec * lam) @ vec.T
+    negative = psd + 1e-9 * np.outer(vec[:, 4], vec[:, 4]) * -1  # one eigenvalue of -1e-9
+    value = FrechetToReference(mu, negative)(feats)
+    assert np.isfinite(value) and value == pytest.approx(FrechetToReference(mu, psd)(feats), rel=1e-6)
+
+
+def test_kid_of_two_samples_each():
+    rng = np.random.default_rng(14)
+    x, y = rng.normal(size=(2, 3)), rng.normal(size=(2, 3))
+    assert kid_from_features(x, y) == pytest.approx(_kid_double_loop(x, y), rel=1e-12)
+    assert KidToReference(y)(x) == pytest.approx(_kid_double_loop(x, y), rel=1e-12)
+    with pytest.raises(ValueError, match=exact("features_x must be an (N, D) array of features with N >= 2, got "
+                                               "shape (1, 3)")):
+        kid_from_features(x[:1], y)
+
+
+def test_bootstrap_written_out():
+    """Resamples of n rows drawn with ``numpy.random.default_rng(seed).integers(0, n, n)``, the statistic in float64,
+    the percentiles (1 ∓ level)/2; seed 0 by default; two samples and ten resamples are enough."""
+    values = np.array([3.0, 1.0, 4.0, 1.5, 5.0, 9.0, 2.5])
+
+    def stat(v):
+        return np.float32(v.mean() / 3)  # a float32 statistic is still summarised in float64
+
+    ci = bootstrap_ci(values, stat, num_resamples=10, level=0.8, seed=4)
+    rng = np.random.default_rng(4)
+    reps = np.array([float(stat(values[rng.integers(0, 7, 7)])) for _ in range(10)])
+    low, high = np.quantile(reps, [0.1, 0.9])
+    assert ci == {"estimate": float(stat(values)), "low": low, "high": high, "level": 0.8, "num_resamples": 10, "n": 7}
+    assert bootstrap_ci(values, np.mean, num_resamples=10) == bootstrap_ci(values, np.mean, num_resamples=10, seed=0)
+    assert bootstrap_ci(values[:2], np.mean, num_resamples=10)["n"] == 2
+
+
+@pytest.mark.parametrize("num_resamples", [9, 50.0, True])
+def test_bootstrap_needs_an_integer_number_of_resamples(num_resamples):
+    with pytest.raises(ValueError, match=exact(f"num_resamples must be an integer >= 10, got {num_resamples!r}")):
+        bootstrap_ci(np.zeros(5), np.mean, num_resamples=num_resamples)
+
+
+@pytest.mark.parametrize("level", [0.0, 1.0, -0.5])
+def test_levels_outside_the_open_unit_interval_are_refused(level):
+    for ci in (lambda: bootstrap_ci(np.zeros(5), np.mean, level=level), lambda: jackknife_ci(np.zeros(5), np.mean,
+                                                                                            level=level)):
+        with pytest.raises(ValueError, match=exact(f"level must lie in (0, 1), got {level!r}")):
+            ci()

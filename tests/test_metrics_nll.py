@@ -81,3 +81,84 @@ def test_bits_per_dim_reports_non_finite_bound():
 
     with pytest.raises(ValueError, match="not finite"):
         bits_per_dim(diffusion, nan_model, _images(n=2), progress=False)
+
+
+class _SpyDiffusion:
+    """Stands in for ``GaussianDiffusion``: records the arguments of each ``calc_bpd_loop`` call and returns a
+    bound whose terms are known: with m the mean pixel of image i (in [-1, 1]), vb[i, t] = (t + 1)(m + 2) and
+    L_T = m/2 + 1; ``nan_rows`` of each batch get NaN."""
+
+    num_timesteps = 3
+
+    def __init__(self, nan_rows=()):
+        self.calls, self.nan_rows = [], list(nan_rows)
+
+    def calc_bpd_loop(self, model, x0, model_kwargs=None, clip_denoised=True, progress=False, t_batch=1,
+                      generator=None):
+        self.calls.append({"model": model, "x0": x0, "model_kwargs": model_kwargs, "clip_denoised": clip_denoised,
+                           "progress": progress, "t_batch": t_batch, "generator": generator})
+        m = x0.flatten(1).mean(1) if x0.device.type == "cpu" else torch.zeros(len(x0))
+        vb = (m[:, None] + 2) * torch.arange(1.0, 4.0)
+        prior = m / 2 + 1
+        total = vb.sum(1) + prior
+        total[self.nan_rows] = float("nan")
+        return {"total_bpd": total, "prior_bpd": prior, "vb": vb, "mse": torch.zeros_like(vb)}
+
+
+def test_bits_per_dim_written_out_with_a_spy():
+    """Batches of 64 by default, labels as int64 slices beside their images, ``clip_denoised``, ``t_batch`` (1 by
+    default) and the generator passed on, the parts of the bound taken from the right columns."""
+    images = _images(n=70, s=2, seed=4)
+    labels = (torch.arange(70) % 3).to(torch.int32)
+    spy, gen, model = _SpyDiffusion(), torch.Generator(), TinyEps()
+    out = bits_per_dim(spy, model, images, labels=labels, clip_denoised=False, generator=gen, progress=False)
+    assert [len(c["x0"]) for c in spy.calls] == [64, 6]
+    for c, lo in zip(spy.calls, (0, 64)):
+        assert torch.equal(c["x0"], to_model_range(images[lo:lo + len(c["x0"])]))
+        assert c["model_kwargs"]["y"].dtype == torch.long
+        assert torch.equal(c["model_kwargs"]["y"], labels[lo:lo + len(c["x0"])].long())
+        assert (c["model"], c["clip_denoised"], c["t_batch"], c["generator"], c["progress"]) == (model, False, 1, gen,
+                                                                                                 False)
+    m = to_model_range(images).double().flatten(1).mean(1)
+    total = 6 * (m + 2) + m / 2 + 1
+    assert out == {"bpd": pytest.approx(float(total.mean()), rel=1e-6),
+                   "prior_bpd": pytest.approx(float((m / 2 + 1).mean()), rel=1e-6),
+                   "kl_bpd": pytest.approx(float(5 * (m + 2).mean()), rel=1e-6),
+                   "decoder_bpd": pytest.approx(float((m + 2).mean()), rel=1e-6),
+                   "bpd_std": pytest.approx(float(total.std()), rel=1e-5), "num_images": 70, "num_timesteps": 3}
+    spy = _SpyDiffusion()
+    one = bits_per_dim(spy, model, images[:2], batch_size=1, t_batch=2, progress=False)
+    assert [len(c["x0"]) for c in spy.calls] == [1, 1] and spy.calls[0]["model_kwargs"] is None
+    assert spy.calls[0]["t_batch"] == 2 and spy.calls[0]["clip_denoised"] is True and one["num_images"] == 2
+
+
+def test_bits_per_dim_works_on_the_models_device():
+    """Images and labels go to the device of the model's parameters ("meta" stands in for an accelerator), or to
+    the one given; a model without parameters runs on the CPU."""
+    spy = _SpyDiffusion()
+    on_meta = TinyEps(num_classes=2).to("meta")
+    bits_per_dim(spy, on_meta, _images(n=2), labels=[0, 1], progress=False)
+    assert spy.calls[-1]["x0"].device.type == "meta" and spy.calls[-1]["model_kwargs"]["y"].device.type == "meta"
+    bits_per_dim(spy, TinyEps(), _images(n=2), device="meta", progress=False)
+    assert spy.calls[-1]["x0"].device.type == "meta"
+    bits_per_dim(spy, lambda x, t: x, _images(n=2), progress=False)
+    assert spy.calls[-1]["x0"].device.type == "cpu"
+
+
+def test_bits_per_dim_progress_bar_by_default(capsys):
+    bits_per_dim(_SpyDiffusion(), TinyEps(), _images(n=3), batch_size=1)
+    err = capsys.readouterr().err
+    assert err.startswith("\rbits/dim:   0%|") and "0/3" in err
+    assert err.split("\r")[-1].strip() == ""  # a finished bar is removed
+    bits_per_dim(_SpyDiffusion(), TinyEps(), _images(n=3), batch_size=1, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_bits_per_dim_messages():
+    with pytest.raises(ValueError, match=r"^bits/dim is not finite for 1 of 3 images; the model's predictions contain "
+                                         r"NaN or infinite values$"):
+        bits_per_dim(_SpyDiffusion(nan_rows=[1]), TinyEps(), _images(n=3), progress=False)
+    with pytest.raises(ValueError, match=r"^images must be NCHW \(4 dimensions\), got shape \(3, 4\)$"):
+        bits_per_dim(_SpyDiffusion(), TinyEps(), torch.zeros(3, 4, dtype=torch.uint8), progress=False)
+    with pytest.raises(ValueError, match=r"^labels must hold one class per image, shape \(3,\), got \(2,\)$"):
+        bits_per_dim(_SpyDiffusion(), TinyEps(), _images(n=3), labels=[0, 1], progress=False)

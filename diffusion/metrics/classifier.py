@@ -38,7 +38,7 @@ class ClassifierConfig:
     """Hyper-parameters of the proxy classifier and its training (part of the cache key)."""
 
     width: int = 16            # channels of the first stage; stages use width, 2·width, 4·width
-    steps: int = 400           # optimiser steps
+    steps: int = 400           # optimiser steps (at least 10)
     batch_size: int = 128
     lr: float = 3e-3           # peak learning rate of the one-cycle schedule (AdamW)
     weight_decay: float = 5e-4
@@ -142,6 +142,9 @@ def train_classifier(train, test, config: ClassifierConfig | None = None, device
     if train.num_classes < 2:
         raise ValueError(f"the proxy classifier needs a labelled dataset (num_classes >= 2); "
                          f"{train.label!r} has num_classes={train.num_classes}")
+    if not isinstance(cfg.steps, int) or cfg.steps < 10:
+        raise ValueError(f"the proxy classifier needs steps >= 10 (its one-cycle learning rate warms up over the "
+                         f"first 20 % of the steps), got steps={cfg.steps!r}")
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     threads = torch.get_num_threads()
     if device.type == "cpu":
