@@ -99,7 +99,8 @@ bench: $(STAMP)
 
 # Not part of `make test`: mutmut over the modules of docs/testing.md, in build/mutation/.
 mutation: $(STAMP)
-	nice -n 15 $(PYTHON) tools/mutation.py $(if $(MODULES),--modules $(MODULES),) $(if $(RESUME),--resume,)
+	nice -n 15 $(PYTHON) tools/mutation.py --check-outside $(if $(MODULES),--modules $(MODULES),) \
+		$(if $(RESUME),--resume,)
 
 clean:
 	rm -rf build thesis/build figures/smoke

@@ -59,6 +59,11 @@ def test_to_uint8_errors_are_named(images, message):
         to_uint8(images, "pixels")
 
 
+def test_to_uint8_default_name():
+    with pytest.raises(ValueError, match=exact("images must be NCHW (4 dimensions), got shape (2,)")):
+        to_uint8(torch.zeros(2))
+
+
 def test_check_finite_default_name_and_integer_input():
     with pytest.raises(ValueError, match=exact("samples contain 1 NaN or infinite values (of 3); the model or "
                                                "sampler diverged — refusing to compute metrics on them")):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 import types
 import warnings
@@ -17,7 +18,7 @@ from diffusion.metrics import classifier as clf_mod
 from diffusion.metrics.evaluate import evaluate, parse_metrics
 from diffusion.metrics.images import to_uint8
 from diffusion.metrics.inception import InceptionWeightsMissing
-from tests.messages import exact
+from tests.messages import assert_points_at, exact
 
 
 class TinyEps(nn.Module):
@@ -57,6 +58,14 @@ def test_parse_metrics():
         parse_metrics("fdi,cfd")
     with pytest.raises(ValueError, match="at least one"):
         parse_metrics("")
+
+
+def test_parse_metrics_messages_in_full():
+    allowed = "fid, is, cfd, accuracy, diversity, bpd, nn"
+    with pytest.raises(ValueError, match=exact(f"metrics: unknown name(s) 'fdi', 'nm'; allowed: {allowed}")):
+        parse_metrics(["fdi", "cfd", "nm"])
+    with pytest.raises(ValueError, match=exact(f"metrics must name at least one of {allowed}")):
+        parse_metrics(" , ")
 
 
 def test_evaluate_writes_json_with_every_number(tmp_path, untrained_classifier):
@@ -220,7 +229,7 @@ class _Spies:
         from diffusion.data import ImageData
 
         self.calls = {}
-        self.now = 0.0
+        self.now = 1000.0  # a clock that does not start at 0: durations are differences
         g = torch.Generator().manual_seed(0)
         self.data = {split: ImageData(torch.randint(0, 256, (n, 1, 4, 4), generator=g, dtype=torch.uint8),
                                       torch.arange(n) % 10, 10, tuple("0123456789"), "Fake digits", "fake", split)
@@ -306,6 +315,7 @@ def test_evaluate_passes_every_argument_on(monkeypatch, recwarn):
 
     spies = _Spies(monkeypatch)
     diffusion, model = create_diffusion(num_timesteps=4), TinyEps(num_classes=10)
+    line = sys._getframe().f_lineno + 1
     rec = evaluate(model, diffusion, "fake", metrics="fid,is,cfd,accuracy,diversity,bpd,nn", num_samples=30,
                    sampler="ddim", steps=2, eta=0.5, guidance_scale=2.0, batch_size=16, bpd_images=5,
                    bpd_batch_size=3, seed=9, data_root="/data/root", allow_download=False, progress=False,
@@ -361,7 +371,9 @@ def test_evaluate_passes_every_argument_on(monkeypatch, recwarn):
                            "first_indices": (torch.arange(30) % 7).tolist(), "first_distances": dist.tolist()}},
         "warnings": notes}
     assert [str(w.message) for w in recwarn] == notes
-    assert all(w.category is UserWarning and w.filename == __file__ for w in recwarn)  # pointing at the caller
+    for w in recwarn:
+        assert w.category is UserWarning
+        assert_points_at(w, __file__, line)
     assert np.isfinite(fid)
 
 
@@ -490,3 +502,14 @@ def test_evaluate_unconditional_samples_have_no_labels(monkeypatch):
     assert rec["class_conditional"] is False
     for _, kwargs in spies.calls["sample"]:
         assert kwargs["y"] is None and kwargs["null_class"] is None and kwargs["guidance_scale"] is None
+    rec = evaluate(TinyEps(), diffusion, "fake", metrics="bpd", num_samples=2, bpd_images=4, progress=False)
+    (_, _, images, labels), _ = spies.only("bits_per_dim")
+    assert len(images) == 4 and labels is None and rec["metrics"]["bpd"]["conditioned_on_true_labels"] is False
+
+
+def test_evaluate_writes_its_record_as_indented_json_creating_folders(monkeypatch, tmp_path):
+    _Spies(monkeypatch)
+    out = tmp_path / "new" / "deeper" / "eval.json"
+    rec = evaluate(TinyEps(num_classes=10), create_diffusion(num_timesteps=2), "fake", metrics="nn", num_samples=2,
+                   progress=False, out_json=str(out))
+    assert out.read_text() == json.dumps(rec, indent=2) + "\n"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -16,6 +17,7 @@ from diffusion.metrics.fid import (activation_statistics, cached_statistics, fid
 from diffusion.metrics import inception as inception_mod
 from diffusion.metrics.inception import (InceptionWeightsMissing, file_sha256, inception_features_and_logits,
                                          load_inception, weights_path)
+from tests.messages import assert_points_at, exact
 
 
 def _random_inception_state_dict(seed: int = 0) -> dict:
@@ -231,8 +233,9 @@ def test_reference_statistics_keyed_by_digest(tmp_path, monkeypatch):
 
 def test_singular_product_default_regularisation():
     with pytest.warns(RuntimeWarning, match=r"^Fréchet distance: singular covariance product; adding 1e-06 to the "
-                                            r"diagonals$"):
+                                            r"diagonals$") as record:
         d = fid_mod.frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.array([[0.0, 1.0], [0.0, 0.0]]))
+    assert_points_at(record[0], __file__, sys._getframe().f_lineno - 1)
     assert d == pytest.approx(2.0 - 4.0 * math.sqrt((1 + 1e-6) * 1e-6), rel=1e-9)
 
 
@@ -242,7 +245,68 @@ def test_few_samples_warning_points_at_the_caller_and_stops_at_2048(monkeypatch)
                         lambda images, net, batch_size, progress: (np.eye(3, 2), None))
     with pytest.warns(UserWarning, match=r"^FID from 3 < 2048 samples is biased") as record:
         fid_from_images(torch.zeros(3, 1, 2, 2), (np.zeros(2), np.eye(2)), None, progress=False)
-    assert record[0].category is UserWarning and record[0].filename == __file__
+    assert record[0].category is UserWarning
+    assert_points_at(record[0], __file__, sys._getframe().f_lineno - 2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fid_mod.warn_if_few_samples(2048)
+
+
+def test_activation_statistics_in_float64_and_its_shape_checks():
+    feats = np.random.default_rng(3).normal(size=(40, 6)).astype(np.float32)
+    mu, sigma = activation_statistics(feats)
+    mu64, sigma64 = activation_statistics(feats.astype(np.float64))
+    assert mu.dtype == sigma.dtype == np.float64
+    assert np.array_equal(mu, mu64) and np.array_equal(sigma, sigma64)
+    assert np.array_equal(sigma, np.cov(feats.astype(np.float64), rowvar=False))  # columns are the variables
+    two = activation_statistics(np.array([[0.0, 1.0, 2.0], [2.0, 3.0, 6.0]]))  # N = 2 is enough
+    assert np.array_equal(two[0], [1.0, 2.0, 4.0]) and two[1][2, 2] == 8.0
+    assert activation_statistics(np.array([[1.0], [3.0], [5.0]]))[0] == [3.0]  # D = 1
+    for shape in ((5,), (1, 3), (2, 2, 2)):
+        with pytest.raises(ValueError, match=exact(f"features must be an (N, D) array with N >= 2, got shape "
+                                                   f"{shape}")):
+            activation_statistics(np.zeros(shape))
+
+
+def test_frechet_distance_float64_throughout_and_its_checks():
+    rng = np.random.default_rng(8)
+    a, b = rng.normal(size=(200, 64)), rng.normal(size=(200, 64)) + 0.1
+    stats = [x.astype(np.float32) for x in (*activation_statistics(a), *activation_statistics(b))]
+    assert frechet_distance(*stats) == frechet_distance(*(x.astype(np.float64) for x in stats))
+    with pytest.raises(ValueError, match=exact("sigma1 and sigma2 must both be (2, 2), got (3, 3) and (3, 3)")):
+        frechet_distance(np.zeros(2), np.eye(3), np.zeros(2), np.eye(3))
+    # a covariance with a negative eigenvalue: the square root has an imaginary diagonal of 0.1 > 1e-3
+    with pytest.raises(ValueError, match=exact("Fréchet distance: matrix square root has an imaginary component "
+                                               "of 0.1; the covariances are not valid")):
+        frechet_distance(np.zeros(1), np.eye(1), np.zeros(1), -0.01 * np.eye(1))
+
+
+def test_reference_statistics_key_and_features_written_out(monkeypatch):
+    """Cached under the split's name, split, size, digest, the feature layer and the weights' SHA-256; computed
+    from the Inception features with the given batch size and progress setting."""
+    from diffusion.metrics.cache import cache_key
+    from types import SimpleNamespace
+
+    data = SimpleNamespace(name="fake", split="train", images=torch.zeros(5, 1, 2, 2, dtype=torch.uint8),
+                           digest="d1g3st")
+    net = SimpleNamespace(weights_sha256="ab" * 32)
+    feats = np.random.default_rng(0).normal(size=(5, 3))
+    seen = {}
+
+    def fake_cached(key, compute, kind="fid_stats"):
+        seen["key"], seen["kind"] = key, kind
+        return compute()
+
+    def fake_features(images, net_, batch_size, progress):
+        seen["features"] = (images, net_, batch_size, progress)
+        return feats, None
+
+    monkeypatch.setattr(fid_mod, "cached_statistics", fake_cached)
+    monkeypatch.setattr(fid_mod, "inception_features_and_logits", fake_features)
+    mu, sigma = fid_mod.reference_statistics(data, net, batch_size=7, progress=False)
+    assert seen["key"] == cache_key("fake", "train", 5, "d1g3st", "inception2048",
+                                    params={"weights_sha256": "ab" * 32}, modules=["diffusion.metrics.fid"])
+    assert seen["kind"] == "fid_stats" and seen["features"] == (data.images, net, 7, False)
+    assert np.array_equal(mu, feats.mean(0)) and np.array_equal(sigma, np.cov(feats, rowvar=False))
+    fid_mod.reference_statistics(data, net)
+    assert seen["features"][2:] == (50, True)

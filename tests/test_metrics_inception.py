@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import io
 import os
 import threading
 import time
 import urllib.request
 
 import pytest
+import torch
 
 from diffusion.metrics import inception
 from diffusion.metrics.inception import (InceptionWeightsCorrupt, InceptionWeightsMissing, download_weights,
@@ -230,3 +232,35 @@ def test_ensure_weights_downloads_by_default_with_its_timeout(tmp_path, monkeypa
     assert seen == [(weights_path(), None, 30.0), (weights_path(), None, 4.0)]
     with pytest.raises(InceptionWeightsMissing, match=rf"^FID Inception weights not found at .* \(downloads disabled\)\. "):
         ensure_weights(allow_download=False)
+
+
+def test_download_reads_a_mebibyte_at_a_time_and_names_the_wrong_digest(tmp_path, monkeypatch):
+    """More than one read's worth: every byte counted and hashed; a digest that does not match the name is
+    quoted (its first 16 hex digits) in full in the error."""
+    payload = bytes(range(256)) * 4097  # 1 MiB + 256 bytes
+    reads = []
+
+    class Response(io.BytesIO):
+        headers = {"Content-Length": str(len(payload))}
+
+        def read(self, size=-1):
+            reads.append(size)
+            return super().read(size)
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: Response(payload))
+    digest = hashlib.sha256(payload).hexdigest()
+    path = tmp_path / f"weights-{digest[:8]}.pth"
+    assert download_weights(str(path), "http://host/w", timeout=5) == digest
+    assert path.read_bytes() == payload and reads == [1 << 20] * 3
+    wrong = "0" * 8 if not digest.startswith("0" * 8) else "1" * 8
+    with pytest.raises(InceptionWeightsCorrupt, match=exact(
+            f"the file downloaded from http://host/w fails the integrity check: SHA-256 {digest[:16]}... does not "
+            f"start with {wrong} (the prefix in the name weights-{wrong}.pth); nothing was kept")):
+        download_weights(str(tmp_path / f"weights-{wrong}.pth"), "http://host/w", timeout=5)
+
+
+def test_load_inception_puts_the_network_on_the_given_or_default_device(monkeypatch):
+    monkeypatch.setattr(inception, "FIDInception", lambda **kwargs: torch.nn.Linear(1, 1))
+    assert inception.load_inception("meta").weight.device.type == "meta"
+    assert inception.load_inception(torch.device("meta")).weight.device.type == "meta"
+    assert inception.load_inception().weight.device == inception.default_device()

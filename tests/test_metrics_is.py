@@ -3,6 +3,7 @@ the bias-free logits, split order, refusals and the reportability flag."""
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 from diffusion.metrics.inception_score import (MIN_REPORTABLE_SAMPLES, inception_score,
                                                inception_score_record)
+from tests.messages import assert_points_at
 
 
 def _salimans_is(logits, splits):
@@ -108,7 +110,8 @@ def test_small_sample_warning_in_full_at_the_callers_line_and_float64_throughout
     with pytest.warns(UserWarning, match=r"^Inception Score from N=40 < 5000 images is not reportable \(small-sample "
                                          r"bias; not comparable with published values from 50,000 images\)$") as rec:
         from_f32 = inception_score(logits, splits=4)
-    assert rec[0].category is UserWarning and rec[0].filename == __file__
+    assert rec[0].category is UserWarning
+    assert_points_at(rec[0], __file__, sys._getframe().f_lineno - 2)
     with pytest.warns(UserWarning):
         from_f64 = inception_score(logits.astype(np.float64), splits=4)
     assert from_f32 == pytest.approx(from_f64, rel=1e-13, abs=0)

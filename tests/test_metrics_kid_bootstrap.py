@@ -237,6 +237,10 @@ def test_proxy_metrics_ci_is_its_intervals_written_out():
     default = proxy_metrics_ci(feats, ref, correct.ravel(), num_resamples=40)
     assert default["acc"] == bootstrap_ci(100.0 * correct.ravel(), np.mean, num_resamples=40, level=0.95, seed=0)
     assert default["cfd"]["level"] == default["kid"]["level"] == 0.95 and "acc" not in proxy_metrics_ci(feats, ref)
+    half = np.arange(40) % 2 == 0  # 0/1 values whose interval depends on the seed (the one above does not)
+    seeded = {s: bootstrap_ci(100.0 * half, np.mean, num_resamples=40, seed=s) for s in (0, 1)}
+    assert seeded[0] != seeded[1]
+    assert proxy_metrics_ci(rng.normal(size=(40, 4)), ref, half, num_resamples=40)["acc"] == seeded[0]
 
 
 @pytest.mark.parametrize("shapes", [((15,), (60, 4)), ((15, 4), (60,)), ((15, 4), (60, 3))])
@@ -324,3 +328,14 @@ def test_levels_outside_the_open_unit_interval_are_refused(level):
                                                                                             level=level)):
         with pytest.raises(ValueError, match=exact(f"level must lie in (0, 1), got {level!r}")):
             ci()
+
+
+def test_bootstrap_and_jackknife_work_in_float64_whatever_the_statistic_returns():
+    """A statistic that returns float32 scalars gives the same interval as one returning the same values as
+    Python floats: the replicates are held (and the quantiles and the standard error computed) in float64."""
+    values = np.random.default_rng(12).normal(size=(57, 3))
+    as_f32 = lambda v: np.float32(v.mean() * 1.37)  # noqa: E731
+    as_float = lambda v: float(np.float32(v.mean() * 1.37))  # noqa: E731
+    for ci in (lambda s: bootstrap_ci(values, s, num_resamples=101, level=0.9, seed=2),
+               lambda s: jackknife_ci(values, s, level=0.9)):
+        assert ci(as_f32) == ci(as_float)

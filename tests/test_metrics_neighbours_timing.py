@@ -57,6 +57,9 @@ def test_time_per_image_positive_median():
     assert out["seconds_per_image"] > 0
     assert out["seconds_per_image"] == pytest.approx(sorted(out["seconds_per_call"])[1] / 4)
     assert out["seconds_per_image"] >= 0.01 / 4
+    calls.clear()
+    defaults = time_per_image(fn, num_images=1)  # one warm-up run, three timed ones
+    assert len(calls) == 4 and (defaults["warmup"], defaults["repeats"]) == (1, 3)
 
 
 def test_time_per_image_rejects_bad_counts():

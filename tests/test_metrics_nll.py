@@ -130,6 +130,9 @@ def test_bits_per_dim_written_out_with_a_spy():
     one = bits_per_dim(spy, model, images[:2], batch_size=1, t_batch=2, progress=False)
     assert [len(c["x0"]) for c in spy.calls] == [1, 1] and spy.calls[0]["model_kwargs"] is None
     assert spy.calls[0]["t_batch"] == 2 and spy.calls[0]["clip_denoised"] is True and one["num_images"] == 2
+    total = 6 * (m[:2] + 2) + m[:2] / 2 + 1
+    assert one["bpd_std"] == pytest.approx(float(total.std()), rel=1e-5) and one["bpd_std"] > 0  # of two images
+    assert bits_per_dim(_SpyDiffusion(), model, images[:1], progress=False)["bpd_std"] == 0.0  # one image: no spread
 
 
 def test_bits_per_dim_works_on_the_models_device():

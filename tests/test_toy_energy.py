@@ -10,6 +10,7 @@ import torch
 from diffusion.gaussian_diffusion import create_diffusion
 from diffusion.metrics.energy import energy_distance
 from diffusion.toy import ToyMLP, fit_toy_mlp, make_toy_2d
+from tests.messages import exact
 
 
 def _mean_abs_normal(m: float, s: float) -> float:
@@ -30,6 +31,17 @@ def test_energy_distance_matches_closed_form_in_one_dimension():
     assert energy_distance(np.ones((3, 2)), np.ones((5, 2))) == 0.0
     with pytest.raises(ValueError, match="same D"):
         energy_distance(np.zeros((3, 2)), np.zeros((3, 3)))
+
+
+def test_energy_distance_of_single_points_and_bad_shapes():
+    assert energy_distance(np.zeros((1, 2)), np.ones((1, 2))) == pytest.approx(2 * math.sqrt(2), rel=1e-15)
+    for x, y, shapes in ((np.zeros((0, 2)), np.zeros((3, 2)), "(0, 2) and (3, 2)"),
+                         (np.zeros((3, 2)), np.zeros((0, 2)), "(3, 2) and (0, 2)"),
+                         (np.zeros(3), np.zeros((3, 1)), "(3,) and (3, 1)"),
+                         (np.zeros((3, 1)), np.zeros(3), "(3, 1) and (3,)")):
+        with pytest.raises(ValueError, match=exact(f"x and y must be (M, D) and (N, D) point sets with the same D, "
+                                                   f"got shapes {shapes}")):
+            energy_distance(x, y)
 
 
 def test_toy_mlp_learns_the_swiss_roll():

@@ -9,9 +9,14 @@ The run happens in a scratch copy (``build/mutation/`` by default), never in the
 3. a ``[tool.mutmut]`` section names the modules and the test files relevant to them; mutmut records which
    tests reach which function and runs, per mutant, only those;
 4. ``mutmut run`` (``--max-children`` = ``--jobs``), then a per-module summary: killed, timeouts, survivors
-   explained in docs/testing.md (equivalent, or visible only on CUDA), other survivors, mutants no test
-   reaches, not (yet) checked, and the score (killed + timeout) / (checked − explained); every survivor not
-   explained is printed by name.
+   explained in docs/testing.md (equivalent, visible only on CUDA, or killed outside mutmut), other survivors,
+   mutants no test reaches, not (yet) checked, and the score (killed + timeout + killed outside mutmut) /
+   (checked − equivalent − CUDA only); every survivor not explained is printed by name.
+
+``--check-outside`` applies each survivor listed as killed *outside mutmut* to the plain sources of the scratch
+copy and runs its module's tests without mutmut: each must fail. (mutmut wraps every mutated function in a
+trampoline whose frame, in mutmut's own file, shifts what a warning's ``stacklevel`` names; the tests skip
+that check in a mutation run.)
 
 ``--tests-from DIR`` takes ``tests/`` from another checkout (e.g. an older commit, for a before/after
 comparison of the same modules).
@@ -117,6 +122,12 @@ def prepare(work: Path, modules: list[str], tests_from: Path, resume: bool, time
             shutil.rmtree(dst)
         shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
     paths = [p for m in modules for p in module_paths(m)]
+    for meta in (work / "mutants").glob("diffusion/**/*.py.meta") if resume else ():
+        rel = str(meta.relative_to(work / "mutants"))[:-len(".meta")]
+        if rel not in paths:  # a module left out this time, or deleted: mutmut would still count its mutants
+            meta.unlink()
+            if not (ROOT / rel).is_file():
+                (work / "mutants" / rel).unlink(missing_ok=True)
     for rel in paths:
         f = work / rel
         f.write_text(move_no_grad(f.read_text()))
@@ -148,19 +159,47 @@ def results(work: Path, mutmut: str) -> dict[str, str]:
 
 def explained_survivors(doc: Path = DOC) -> dict[str, str]:
     """Explained survivors listed in ``doc``: rows ``| `function` | numbers | kind | reason |`` where kind is
-    ``equivalent`` (no behaviour changes) or ``CUDA only`` (a change visible only on a CUDA device)."""
+    ``equivalent`` (no behaviour changes), ``CUDA only`` (a change visible only on a CUDA device) or ``outside
+    mutmut`` (a change that a test sees only without mutmut's trampolines; :func:`check_outside` checks it)."""
     listed = {}
-    for m in re.finditer(r"^\| `(diffusion\.[^`]+)` \| ([\d, ]+) \| (equivalent|CUDA only) \| .+\|\s*$",
+    for m in re.finditer(r"^\| `(diffusion\.[^`]+)` \| ([\d, ]+) \| (equivalent|CUDA only|outside mutmut) \| .+\|\s*$",
                          doc.read_text(encoding="utf-8"), re.M):
         for number in re.findall(r"\d+", m.group(2)):
             listed[f"{m.group(1)}__mutmut_{number}"] = m.group(3)
     return listed
 
 
+def check_outside(work: Path, mutmut: str, doc: Path = DOC) -> list[str]:
+    """Apply every mutant of the run in ``work`` that ``doc`` lists as ``outside mutmut`` to the plain sources
+    there (``mutmut apply``) and run its module's tests with plain pytest, one mutant at a time, restoring the
+    sources after each. Returns the ones that no test failed (they must be killed or explained otherwise)."""
+    status = results(work, mutmut)
+    listed = [n for n, kind in explained_survivors(doc).items() if kind == "outside mutmut" and n in status]
+    missed = []
+    for name in sorted(listed):
+        dotted = re.match(r"(diffusion\.[\w.]+?)\.x", name).group(1)  # diffusion.metrics.fid
+        path, package = work / (dotted.replace(".", "/") + ".py"), dotted.split(".")[1]  # its file, its TESTS key
+        original = path.read_text(encoding="utf-8")
+        try:
+            subprocess.run([mutmut, "apply", name], cwd=work, check=True, capture_output=True)
+            tests = [f"tests/{t}.py" for t in TESTS[package]]
+            env = {k: v for k, v in os.environ.items() if k != "MUTANT_UNDER_TEST"}
+            run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k",
+                                  DESELECT, *tests], cwd=work, env=env, capture_output=True, text=True)
+        finally:
+            path.write_text(original, encoding="utf-8")
+        killed = run.returncode == 1
+        print(f"{name}: {'killed' if killed else 'NOT killed'} outside mutmut", flush=True)
+        if not killed:
+            missed.append(name)
+    return missed
+
+
 def summarise(work: Path, mutmut: str, doc: Path = DOC) -> dict:
-    """Per module: killed, timeouts, explained survivors (equivalent, CUDA only), other survivors; the score
-    excludes only the explained ones: (killed + timeout) / (checked − explained). Code no test reaches counts as
-    surviving."""
+    """Per module: killed, timeouts, explained survivors (equivalent, CUDA only, outside mutmut), other
+    survivors; the score excludes the equivalent and CUDA-only ones and counts those killed outside mutmut as
+    killed: (killed + timeout + outside mutmut) / (checked − equivalent − CUDA only). Code no test reaches counts
+    as surviving."""
     status = results(work, mutmut)
     explained = explained_survivors(doc)
     counts: dict = collections.defaultdict(collections.Counter)
@@ -175,8 +214,8 @@ def summarise(work: Path, mutmut: str, doc: Path = DOC) -> dict:
             stale.append(name)
         counts[module][st] += 1
     total = collections.Counter()
-    print(f"{'module':32s} {'mutants':>7s} {'killed':>6s} {'timeout':>7s} {'equivalent':>10s} {'CUDA only':>9s} "
-          f"{'survived':>8s} {'no tests':>8s} {'unchecked':>9s} {'score %':>7s}")
+    print(f"{'module':32s} {'mutants':>7s} {'killed':>6s} {'timeout':>7s} {'outside':>7s} {'equivalent':>10s} "
+          f"{'CUDA only':>9s} {'survived':>8s} {'no tests':>8s} {'unchecked':>9s} {'score %':>7s}")
     for mod in sorted(counts):
         total.update(counts[mod])
         _row(mod, counts[mod])
@@ -193,10 +232,12 @@ def summarise(work: Path, mutmut: str, doc: Path = DOC) -> dict:
 def _row(name, c) -> None:
     n = sum(c.values())
     checked = n - c["not checked"]  # "not checked": the run was stopped before it
-    killed = c["killed"] + c["timeout"]  # a mutant that makes the tests hang is detected too
+    # a mutant that makes the tests hang is detected too, and so is one that a test kills outside mutmut
+    killed = c["killed"] + c["timeout"] + c["outside mutmut"]
     scored = checked - c["equivalent"] - c["CUDA only"]
     score = 100.0 * killed / scored if scored else float("nan")
-    print(f"{name:32s} {n:7d} {c['killed']:6d} {c['timeout']:7d} {c['equivalent']:10d} {c['CUDA only']:9d} "
+    print(f"{name:32s} {n:7d} {c['killed']:6d} {c['timeout']:7d} {c['outside mutmut']:7d} {c['equivalent']:10d} "
+          f"{c['CUDA only']:9d} "
           f"{c['survived']:8d} {c['no tests']:8d} {c['not checked']:9d} {score:7.1f}")
 
 
@@ -217,6 +258,9 @@ def main(argv=None) -> int:
     ap.add_argument("--resume", action="store_true",
                     help="continue the run in --work with the current sources and tests, then recheck its survivors")
     ap.add_argument("--summary-only", action="store_true", help="only summarise an earlier run in --work")
+    ap.add_argument("--check-outside", action="store_true",
+                    help="after the run (or the summary), apply each survivor listed as 'outside mutmut' to the plain "
+                         "sources in --work and check that its module's tests fail without mutmut")
     args = ap.parse_args(argv)
     modules = [m.strip() for m in args.modules.split(",") if m.strip()]
     unknown = [m for m in modules if not known(m)]
@@ -243,6 +287,8 @@ def main(argv=None) -> int:
                     print(f"rechecking {len(survivors)} survivors", flush=True)
                     subprocess.run(run + survivors, cwd=args.work, env=env, stdout=log, stderr=subprocess.STDOUT)
     summarise(args.work.resolve(), mutmut)
+    if args.check_outside and check_outside(args.work.resolve(), mutmut):
+        return 1
     return 0
 
 
