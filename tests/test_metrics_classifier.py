@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -203,3 +204,102 @@ def test_conditional_accuracy_and_diversity(trained):
     lab = torch.arange(10).repeat_interleave(3)
     assert class_diversity(clf, one, lab)["diversity"] == pytest.approx(0.0, abs=1e-9)
     assert math.isnan(class_diversity(clf, one[:4], lab[:4])["per_class"][5])
+
+
+def test_per_class_accuracy_written_out_with_nan_for_absent_classes(trained):
+    clf, _, test, _ = trained
+    images, labels = test.images[:40], test.labels[:40].clone()
+    labels[labels == 7] = 2  # class 7 absent, class 2 with some wrong labels
+    out = conditional_accuracy(clf, images, labels.tolist())
+    correct = (classifier_predict(clf, images) == labels).double()
+    assert out["accuracy"] == float(correct.mean()) and out["num_samples"] == 40
+    for c in range(10):
+        if c == 7:
+            assert math.isnan(out["per_class"][c])
+        else:
+            assert out["per_class"][c] == float(correct[labels == c].mean())
+    assert len(set(out["per_class"][:7])) > 1  # the classes differ, so a class's own samples are averaged
+    assert clf_mod._check_labels(clf, images[:2], [1.0, 3.0]).dtype == torch.long
+    threes = test.images[test.labels == 3][:5]
+    single = conditional_accuracy(clf, threes, torch.full((5,), 3))  # every sample of one class
+    assert single["per_class"][3] == single["accuracy"] and sum(map(math.isnan, single["per_class"])) == 9
+
+
+def test_classifier_fd_record_and_messages_in_full(trained):
+    clf, train, test, _ = trained
+    with pytest.warns(UserWarning, match=exact("classifier FD from 30 < 2048 samples is biased (upwards) and not "
+                                               "comparable with values computed from more samples")):
+        out = classifier_fd(clf, train.images[:30], test.images[:50])
+    assert clf.info() == {"classifier_accuracy": clf.accuracy, "classifier_dataset": "digits 8×8"}
+    assert set(out) == {"cfd", "num_samples", "num_reference", *clf.info()}
+    assert (out["num_samples"], out["num_reference"]) == (30, 50)
+    with pytest.raises(ValueError, match=exact("images have 3 channels but the classifier for digits 8×8 expects 1")):
+        classifier_predict(clf, torch.zeros(2, 3, 8, 8, dtype=torch.uint8))
+
+
+def test_postfix_shows_the_loss_without_an_extra_refresh(monkeypatch):
+    """Each step sets the bar's postfix to the loss with three decimals, leaving the redraw to tqdm's rate limit."""
+    seen = []
+    real_tqdm = clf_mod.tqdm
+
+    class Recording(real_tqdm):
+        def set_postfix(self, *args, **kwargs):
+            seen.append((args, kwargs))
+            return super().set_postfix(*args, **kwargs)
+
+    monkeypatch.setattr(clf_mod, "tqdm", Recording)
+    train, test = _digits()
+    clf_mod.train_classifier(train, test, ClassifierConfig(width=4, steps=10, batch_size=50), device="cpu",
+                             progress=False)
+    assert len(seen) == 10
+    for args, kwargs in seen:
+        assert args == () and set(kwargs) == {"loss", "refresh"} and kwargs["refresh"] is False
+        assert re.fullmatch(r"\d+\.\d{3}", kwargs["loss"])
+
+
+def test_train_classifier_picks_the_device_and_passes_everything_on(monkeypatch):
+    """Two classes are enough; the given device (or the CPU, without CUDA) and the progress setting (on by
+    default) reach the training loop. The loop is a stand-in here."""
+    from types import SimpleNamespace
+
+    calls = []
+    monkeypatch.setattr(clf_mod, "_train", lambda *args: calls.append(args) or "trained")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    train, test = SimpleNamespace(num_classes=2, label="two"), SimpleNamespace()
+    cfg = ClassifierConfig(steps=10)
+    assert clf_mod.train_classifier(train, test, cfg) == "trained"
+    assert calls[-1] == (train, test, cfg, torch.device("cpu"), True)
+    clf_mod.train_classifier(train, test, cfg, device="meta", progress=False)
+    assert calls[-1] == (train, test, cfg, torch.device("meta"), False)
+    clf_mod.train_classifier(train, test, cfg, device=torch.device("meta"))
+    assert calls[-1][3] == torch.device("meta")
+    with pytest.raises(ValueError, match=exact("the proxy classifier needs a labelled dataset (num_classes >= 2); "
+                                               "'one' has num_classes=1")):
+        clf_mod.train_classifier(SimpleNamespace(num_classes=1, label="one"), test, cfg)
+
+
+def test_cached_classifier_shows_progress_by_default(monkeypatch, tmp_path):
+    """On a cache miss the classifier is trained with a progress bar unless asked otherwise (training is a
+    stand-in here)."""
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path))
+    train, test = _digits()
+    seen = []
+
+    def fake_train(train_, test_, cfg, device, progress):
+        seen.append(progress)
+        calls.append((cfg, device))
+        return clf_mod.ProxyClassifier(clf_mod.SmallCNN(1, 10, 4), 0.5, train_.label, train_.name, 10, cfg)
+
+    calls = []
+    monkeypatch.setattr(clf_mod, "train_classifier", fake_train)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = ClassifierConfig(width=4, steps=10)
+    cached_classifier(train, test, cfg, device="cpu")
+    cached_classifier(train, test, cfg, device="cpu", progress=False, retrain=True)
+    assert seen == [True, False]
+    # the dataset's own configuration unless one is given; the given device, else the CPU without CUDA
+    cached_classifier(train, test)
+    assert calls[-1] == (ClassifierConfig(), torch.device("cpu"))  # "digits" has no configuration of its own
+    train.name = "mnist5k"
+    cached_classifier(train, test, device=torch.device("meta"))
+    assert calls[-1] == (clf_mod.DEFAULT_CONFIGS["mnist5k"], torch.device("meta"))
