@@ -297,6 +297,12 @@ def test_cached_classifier_shows_progress_by_default(monkeypatch, tmp_path):
     cached_classifier(train, test, cfg, device="cpu")
     cached_classifier(train, test, cfg, device="cpu", progress=False, retrain=True)
     assert seen == [True, False]
+    from dataclasses import asdict
+
+    from diffusion.metrics.cache import cache_key
+    key = cache_key("digits", train.digest, test.digest, params={**asdict(cfg), "device": "cpu"},
+                    modules=["diffusion.metrics.classifier"])
+    assert [p.name for p in (tmp_path / "classifier").iterdir()] == [f"{key}.pt"]
     # the dataset's own configuration unless one is given; the given device, else the CPU without CUDA
     cached_classifier(train, test)
     assert calls[-1] == (ClassifierConfig(), torch.device("cpu"))  # "digits" has no configuration of its own
