@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import asdict
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import torch
 
 from diffusion.data import ImageData
 from diffusion.metrics import classifier as clf_mod
+from diffusion.metrics.cache import cache_key
 from diffusion.metrics.classifier import (ClassifierConfig, cached_classifier, class_diversity, classifier_fd,
                                           classifier_features, classifier_predict, conditional_accuracy)
 from diffusion.metrics.fid import activation_statistics, frechet_distance
@@ -260,8 +263,6 @@ def test_postfix_shows_the_loss_without_an_extra_refresh(monkeypatch):
 def test_train_classifier_picks_the_device_and_passes_everything_on(monkeypatch):
     """Two classes are enough; the given device (or the CPU, without CUDA) and the progress setting (on by
     default) reach the training loop. The loop is a stand-in here."""
-    from types import SimpleNamespace
-
     calls = []
     monkeypatch.setattr(clf_mod, "_train", lambda *args: calls.append(args) or "trained")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -297,9 +298,6 @@ def test_cached_classifier_shows_progress_by_default(monkeypatch, tmp_path):
     cached_classifier(train, test, cfg, device="cpu")
     cached_classifier(train, test, cfg, device="cpu", progress=False, retrain=True)
     assert seen == [True, False]
-    from dataclasses import asdict
-
-    from diffusion.metrics.cache import cache_key
     key = cache_key("digits", train.digest, test.digest, params={**asdict(cfg), "device": "cpu"},
                     modules=["diffusion.metrics.classifier"])
     assert [p.name for p in (tmp_path / "classifier").iterdir()] == [f"{key}.pt"]

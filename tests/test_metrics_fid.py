@@ -5,6 +5,7 @@ import math
 import os
 import sys
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import torch
 from PIL import Image
 
 from diffusion.metrics import fid as fid_mod
+from diffusion.metrics.cache import cache_key
 from diffusion.metrics.fid import (activation_statistics, cached_statistics, fid_from_images,
                                    frechet_distance)
 from diffusion.metrics import inception as inception_mod
@@ -284,9 +286,6 @@ def test_frechet_distance_float64_throughout_and_its_checks():
 def test_reference_statistics_key_and_features_written_out(monkeypatch):
     """Cached under the split's name, split, size, digest, the feature layer and the weights' SHA-256; computed
     from the Inception features with the given batch size and progress setting."""
-    from diffusion.metrics.cache import cache_key
-    from types import SimpleNamespace
-
     data = SimpleNamespace(name="fake", split="train", images=torch.zeros(5, 1, 2, 2, dtype=torch.uint8),
                            digest="d1g3st")
     net = SimpleNamespace(weights_sha256="ab" * 32)

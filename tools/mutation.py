@@ -237,8 +237,7 @@ def _row(name, c) -> None:
     scored = checked - c["equivalent"] - c["CUDA only"]
     score = 100.0 * killed / scored if scored else float("nan")
     print(f"{name:32s} {n:7d} {c['killed']:6d} {c['timeout']:7d} {c['outside mutmut']:7d} {c['equivalent']:10d} "
-          f"{c['CUDA only']:9d} "
-          f"{c['survived']:8d} {c['no tests']:8d} {c['not checked']:9d} {score:7.1f}")
+          f"{c['CUDA only']:9d} {c['survived']:8d} {c['no tests']:8d} {c['not checked']:9d} {score:7.1f}")
 
 
 def main(argv=None) -> int:
