@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     import traceback
     import warnings
 
-    from diffusion.runs import deferred_interrupt, describe_failure, format_warning
+    from diffusion.runs import deferred_interrupt, describe_failure, format_warning, settle_interrupt
 
     debug = os.environ.get("DDPM_DEBUG", "") not in ("", "0")
     with deferred_interrupt() as interrupt:  # torch's start-up cannot be interrupted safely
@@ -430,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         return args.func(args)
     except KeyboardInterrupt:
+        settle_interrupt()  # else an interrupt caught inside an exec'd string ends the process by SIGINT
         if debug:
             traceback.print_exc()
         print(f"{prefix}: interrupted (Ctrl-C)", file=sys.stderr)

@@ -14,6 +14,8 @@ the run's history of starts and configuration changes, crash leftovers, and one-
   the user can fix.
 - :func:`deferred_interrupt`: Ctrl-C held back while the command line starts up (torch's C extension
   aborts or marks the interpreter for death by SIGINT when a ``KeyboardInterrupt`` lands inside it).
+- :func:`settle_interrupt`: a caught ``KeyboardInterrupt`` marked as handled, so that the exit status the
+  command line chose (130) is the one the process ends with.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from pathlib import Path
 
 __all__ = [
     "DiskFullError", "LOCK_NAME", "RESUME_ALLOWED", "RunLock", "RunLockedError", "UserError", "append_history",
-    "deferred_interrupt", "describe_failure", "format_warning", "is_disk_full", "prepare_output_file", "prepare_run_folder", "remove_stale_temporaries",
-    "resume_config_changes", "write_text_atomic",
+    "deferred_interrupt", "describe_failure", "format_warning", "is_disk_full", "prepare_output_file",
+    "prepare_run_folder", "remove_stale_temporaries", "resume_config_changes", "settle_interrupt", "write_text_atomic",
 ]
 
 LOCK_NAME = "run.lock"
@@ -416,3 +418,15 @@ def deferred_interrupt():
         yield state
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def settle_interrupt() -> None:
+    """Mark a ``KeyboardInterrupt`` that the caller caught as handled, for the interpreter's exit status.
+
+    CPython evaluates a string given to ``exec`` (``dataclasses`` builds every ``__init__`` that way, and
+    torch imports many dataclasses lazily, on its first use) through the routine that also runs a
+    script. When a ``KeyboardInterrupt`` leaves such an evaluation, that routine records it as unhandled,
+    and a program started with ``python -m`` then ends by SIGINT at exit, whatever status ``sys.exit``
+    asked for, even though Python code caught the exception further up. The record is cleared at the start of every such
+    evaluation, so evaluating an empty string clears it."""
+    exec("pass", {})

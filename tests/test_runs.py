@@ -35,7 +35,7 @@ CPU = ["--device", "cpu", "--no-progress"]
 
 
 def _env(**extra):
-    return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **extra)
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **extra}
 
 
 def _trained(folder, steps=4, **train):
@@ -335,6 +335,43 @@ def test_ctrl_c_during_start_up(tmp_path, capsys, monkeypatch):
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 130 and "Traceback" not in err and "interrupted" in err, (delay, err)
 
+
+
+_EXEC_INTERRUPT = """
+import sys
+import diffusion.data, diffusion.train
+from diffusion.cli import main
+
+
+def interrupted(*args, **kwargs):  # a Ctrl-C inside an exec'd string, as while torch builds a dataclass
+    exec("raise KeyboardInterrupt")
+
+
+diffusion.data.load_dataset = diffusion.train.load_dataset = interrupted
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_inside_an_exec_string_exits_130_not_by_sigint(tmp_path):
+    # CPython marks a KeyboardInterrupt leaving an exec'd string as unhandled and then ends the process by
+    # SIGINT (status -2) although the command line caught it; lazy imports in torch hit this at start-up
+    # (run with -m as the real command is: a script's sys.exit takes a path that skips the check)
+    (tmp_path / "interrupted.py").write_text(_EXEC_INTERRUPT)
+    proc = subprocess.run([sys.executable, "-m", "interrupted", "train", *CONFIG, *TINY, "--out",
+                           str(tmp_path / "run"), *CPU], cwd=ROOT, env=_env(PYTHONPATH=f"{ROOT}:{tmp_path}"),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 130 and proc.stderr == "python -m diffusion train: interrupted (Ctrl-C)\n", proc.stderr
+    RunLock(tmp_path / "run").acquire().release()
+
+
+@pytest.mark.parametrize("settle", [False, True])
+def test_settle_interrupt_clears_the_unhandled_mark(tmp_path, settle):
+    (tmp_path / "settle.py").write_text("import sys\nfrom diffusion.runs import settle_interrupt\ntry:\n"
+                      "    exec('raise KeyboardInterrupt')\nexcept KeyboardInterrupt:\n"
+                      f"    {'settle_interrupt()' if settle else 'pass'}\nsys.exit(130)\n")
+    proc = subprocess.run([sys.executable, "-m", "settle"], cwd=ROOT, env=_env(PYTHONPATH=f"{ROOT}:{tmp_path}"),
+                          capture_output=True, timeout=60)
+    assert proc.returncode == (130 if settle else -signal.SIGINT)
 
 # ---------------------------------------------------------------------------------------------------- leftovers
 def test_leftovers_tmp_files_removed_and_metrics_truncated(tmp_path):
