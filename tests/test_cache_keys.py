@@ -153,6 +153,35 @@ def test_metrics_cache_key_needs_the_modules():
                                                                            modules=["diffusion.metrics.fid"])
 
 
+
+def test_metrics_cache_key_is_the_recipe_written_out():
+    """The parts joined by "-" (with "/" and " " made "_"), then the first 16 hex digits of the SHA-256 of the
+    key-sorted JSON of the parameters (non-JSON values as text), the modules' source digest and torch's version."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from diffusion.metrics.cache import cache_key
+
+    modules = ["diffusion.metrics.fid", "diffusion.metrics.kid"]
+
+    def digest(params):
+        text = json.dumps({"params": params, "sources": report_cache.source_digest(modules),
+                           "torch": str(torch.__version__)}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    key = cache_key("cifar10", "a b", "c/d", 7, modules=modules, params={"z": 1, "a": Path("x/y")})
+    assert key == "cifar10-a_b-c_d-7-" + digest({"a": "x/y", "z": 1})
+    assert cache_key("toy", modules=modules) == "toy-" + digest({})
+
+
+def test_metrics_cache_dir_is_created_inside_the_cache(tmp_path, monkeypatch):
+    from diffusion.metrics.cache import cache_dir
+
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "a" / "b"))
+    assert cache_dir("classifier") == tmp_path / "a" / "b" / "classifier"
+    assert cache_dir("classifier").is_dir()  # a second call finds it there
+
 def test_decoded_dataset_cache_follows_the_decoder(tmp_path, monkeypatch):
     """Decoded offline copies are keyed by the file digest and by the decoding code and Pillow version."""
     import numpy as np

@@ -68,7 +68,9 @@ def test_classifier_cache_reloads_without_training(trained, monkeypatch):
 
     monkeypatch.setattr(clf_mod, "train_classifier", boom)
     again = cached_classifier(train, test, TINY, device="cpu", progress=False)
-    assert again.accuracy == clf.accuracy
+    assert again.accuracy == clf.accuracy and not again.net.training
+    assert (again.dataset_label, again.data_name, again.num_classes, again.config) == ("digits 8×8", "digits", 10,
+                                                                                       TINY)
     np.testing.assert_allclose(classifier_features(again, test.images[:20]),
                                classifier_features(clf, test.images[:20]))
     # other hyper-parameters are another cache entry
@@ -141,6 +143,47 @@ def test_training_is_the_recipe_written_out():
         assert torch.equal(trained_state[key], reference[key]), key
     assert clf.config == cfg and (clf.num_classes, clf.data_name) == (10, "digits")
 
+
+
+def _layer(m: torch.nn.Module) -> str:
+    if isinstance(m, torch.nn.Conv2d):
+        return f"conv {m.in_channels}->{m.out_channels} k{m.kernel_size[0]} p{m.padding[0]} bias={m.bias is not None}"
+    if isinstance(m, torch.nn.BatchNorm2d):
+        return f"bn {m.num_features}"
+    if isinstance(m, torch.nn.MaxPool2d):
+        return f"maxpool {m.kernel_size}"
+    if isinstance(m, torch.nn.AdaptiveAvgPool2d):
+        return f"avgpool {m.output_size}"
+    if isinstance(m, torch.nn.Linear):
+        return f"linear {m.in_features}->{m.out_features} bias={m.bias is not None}"
+    if isinstance(m, torch.nn.Dropout):
+        return f"dropout {m.p}"
+    return type(m).__name__.lower()
+
+
+def test_small_cnn_is_the_architecture_described():
+    """Three conv stages of width w, 2w, 4w (3×3, padding 1, no bias, batch norm, ReLU; one, two and two convs),
+    2×2 max pooling between them, global average pooling, a 128-d ReLU penultimate layer, dropout 0.2 and a
+    linear head; the spatial size halves at each pooling only."""
+    net = clf_mod.SmallCNN(3, 7, 4)
+    block = ["conv {}->{} k3 p1 bias=False", "bn {1}", "relu"]
+    stages = [(3, 4), "pool", (4, 8), (8, 8), "pool", (8, 16), (16, 16)]
+    expected = []
+    for s in stages:
+        expected += ["maxpool 2"] if s == "pool" else [layer.format(*s) for layer in block]
+    expected += ["avgpool 1", "flatten", "linear 16->128 bias=True", "relu"]
+    assert [_layer(m) for m in net.body.modules() if not list(m.children())] == expected
+    assert [_layer(m) for m in net.head.modules() if not list(m.children())] == ["dropout 0.2",
+                                                                                 "linear 128->7 bias=True"]
+    sizes = []
+    for m in net.body.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_hook(lambda mod, inp, out: sizes.append(tuple(out.shape[1:])))
+    net.eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert net(x).shape == (2, 7) and net.features(x).shape == (2, 128)
+    assert sizes[:5] == [(4, 32, 32), (8, 16, 16), (8, 16, 16), (16, 8, 8), (16, 8, 8)]
+    assert (net.features(x) >= 0).all()  # after the ReLU
 
 def test_training_shows_a_progress_bar_and_clears_it(capsys):
     train, test = _digits()
