@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import asdict
 from types import SimpleNamespace
 
@@ -78,6 +79,23 @@ def test_classifier_cache_reloads_without_training(trained, monkeypatch):
         cached_classifier(train, test, ClassifierConfig(width=8, steps=61), device="cpu", progress=False)
 
 
+
+def test_a_cache_entry_is_read_as_weights_only(monkeypatch, tmp_path):
+    """A cache file holding any pickled object other than tensors and plain containers is refused, not run."""
+    import pickle
+
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path))
+    train, test = _digits()
+    cfg = ClassifierConfig(width=4, steps=10)
+    key = cache_key("digits", train.digest, test.digest, params={**asdict(cfg), "device": "cpu"},
+                    modules=["diffusion.metrics.classifier"])
+    (tmp_path / "classifier").mkdir()
+    torch.save({"state_dict": clf_mod.SmallCNN(1, 10, 4).state_dict(), "accuracy": 0.5,
+                "dataset_label": SimpleNamespace(label="digits"), "in_channels": 1, "num_classes": 10},
+               tmp_path / "classifier" / f"{key}.pt")
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        cached_classifier(train, test, cfg, device="cpu", progress=False)
+
 def test_features_and_float_inputs(trained):
     clf, _, test, _ = trained
     feats = classifier_features(clf, test.images[:10])
@@ -145,6 +163,19 @@ def test_training_is_the_recipe_written_out():
 
 
 
+
+def test_augmentation_repeats_the_border_and_warns_nothing():
+    """Shifted, rotated, scaled and flipped, a constant image stays constant: the pixels brought in from outside
+    repeat the border instead of being zero. Both sampling calls name ``align_corners`` (torch warns otherwise)."""
+    cfg = ClassifierConfig(max_shift=3.0, max_rotation=30.0, max_scale=0.3, hflip=True)
+    x = torch.full((16, 1, 8, 8), 0.7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = clf_mod._augment(x, cfg, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, x)
+    ramp = torch.linspace(-1, 1, 8).expand(16, 1, 8, 8)
+    assert (clf_mod._augment(ramp, cfg, torch.Generator().manual_seed(0)) - ramp).abs().amax() > 0.1
+
 def _layer(m: torch.nn.Module) -> str:
     if isinstance(m, torch.nn.Conv2d):
         return f"conv {m.in_channels}->{m.out_channels} k{m.kernel_size[0]} p{m.padding[0]} bias={m.bias is not None}"
@@ -184,6 +215,7 @@ def test_small_cnn_is_the_architecture_described():
     assert net(x).shape == (2, 7) and net.features(x).shape == (2, 128)
     assert sizes[:5] == [(4, 32, 32), (8, 16, 16), (8, 16, 16), (16, 8, 8), (16, 8, 8)]
     assert (net.features(x) >= 0).all()  # after the ReLU
+    assert clf_mod.SmallCNN(1, 10).body[0][0].out_channels == ClassifierConfig().width == 16  # the default width
 
 def test_training_shows_a_progress_bar_and_clears_it(capsys):
     train, test = _digits()
@@ -245,6 +277,9 @@ def test_conditional_accuracy_and_diversity(trained):
     k = len(sel)
     brute = sum(float((sel[i] - sel[j]).norm()) for i in range(k) for j in range(k) if i != j) / (k * (k - 1))
     assert div["per_class"][3] == pytest.approx(brute, rel=1e-6)
+    assert div["diversity"] == pytest.approx(np.mean(div["per_class"]))  # every class has two samples or more
+    assert {k: v for k, v in div.items() if k not in ("diversity", "per_class")} == {
+        "num_samples": len(test.images), "classifier_accuracy": clf.accuracy, "classifier_dataset": "digits 8×8"}
     # copies of one image per class have no diversity
     one = torch.stack([test.images[test.labels == c][0] for c in range(10) for _ in range(3)])
     lab = torch.arange(10).repeat_interleave(3)
@@ -347,6 +382,6 @@ def test_cached_classifier_shows_progress_by_default(monkeypatch, tmp_path):
     # the dataset's own configuration unless one is given; the given device, else the CPU without CUDA
     cached_classifier(train, test)
     assert calls[-1] == (ClassifierConfig(), torch.device("cpu"))  # "digits" has no configuration of its own
-    train.name = "mnist5k"
+    train.name = "cifar10"  # (MNIST's configuration is the default one)
     cached_classifier(train, test, device=torch.device("meta"))
-    assert calls[-1] == (clf_mod.DEFAULT_CONFIGS["mnist5k"], torch.device("meta"))
+    assert calls[-1] == (clf_mod.DEFAULT_CONFIGS["cifar10"], torch.device("meta"))
