@@ -427,6 +427,6 @@ def settle_interrupt() -> None:
     torch imports many dataclasses lazily, on its first use) through the routine that also runs a
     script. When a ``KeyboardInterrupt`` leaves such an evaluation, that routine records it as unhandled,
     and a program started with ``python -m`` then ends by SIGINT at exit, whatever status ``sys.exit``
-    asked for, even though Python code caught the exception further up. The record is cleared at the start of every such
-    evaluation, so evaluating an empty string clears it."""
+    asked for, even though Python code caught the exception further up. The record is cleared at the start
+    of every such evaluation, so evaluating an empty string clears it."""
     exec("pass", {})

@@ -153,7 +153,6 @@ def test_metrics_cache_key_needs_the_modules():
                                                                            modules=["diffusion.metrics.fid"])
 
 
-
 def test_metrics_cache_key_is_the_recipe_written_out():
     """The parts joined by "-" (with "/" and " " made "_"), then the first 16 hex digits of the SHA-256 of the
     key-sorted JSON of the parameters (non-JSON values as text), the modules' source digest and torch's version."""
@@ -181,6 +180,7 @@ def test_metrics_cache_dir_is_created_inside_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "a" / "b"))
     assert cache_dir("classifier") == tmp_path / "a" / "b" / "classifier"
     assert cache_dir("classifier").is_dir()  # a second call finds it there
+
 
 def test_decoded_dataset_cache_follows_the_decoder(tmp_path, monkeypatch):
     """Decoded offline copies are keyed by the file digest and by the decoding code and Pillow version."""

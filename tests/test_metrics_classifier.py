@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 import re
 import warnings
 from dataclasses import asdict
@@ -35,6 +36,12 @@ def _digits():
     names = tuple(str(i) for i in range(10))
     return (ImageData(images[tr], labels[tr], 10, names, "digits 8×8", "digits", "train"),
             ImageData(images[te], labels[te], 10, names, "digits 8×8", "digits", "test"))
+
+
+def _entry_key(train, test, cfg):
+    """The cache key of a classifier trained on the CPU, written out."""
+    return cache_key(train.name, train.digest, test.digest, params={**asdict(cfg), "device": "cpu"},
+                     modules=["diffusion.metrics.classifier"])
 
 
 @pytest.fixture(scope="module")
@@ -79,22 +86,18 @@ def test_classifier_cache_reloads_without_training(trained, monkeypatch):
         cached_classifier(train, test, ClassifierConfig(width=8, steps=61), device="cpu", progress=False)
 
 
-
 def test_a_cache_entry_is_read_as_weights_only(monkeypatch, tmp_path):
     """A cache file holding any pickled object other than tensors and plain containers is refused, not run."""
-    import pickle
-
     monkeypatch.setenv("DDPM_CACHE", str(tmp_path))
     train, test = _digits()
     cfg = ClassifierConfig(width=4, steps=10)
-    key = cache_key("digits", train.digest, test.digest, params={**asdict(cfg), "device": "cpu"},
-                    modules=["diffusion.metrics.classifier"])
     (tmp_path / "classifier").mkdir()
     torch.save({"state_dict": clf_mod.SmallCNN(1, 10, 4).state_dict(), "accuracy": 0.5,
                 "dataset_label": SimpleNamespace(label="digits"), "in_channels": 1, "num_classes": 10},
-               tmp_path / "classifier" / f"{key}.pt")
+               tmp_path / "classifier" / f"{_entry_key(train, test, cfg)}.pt")
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         cached_classifier(train, test, cfg, device="cpu", progress=False)
+
 
 def test_features_and_float_inputs(trained):
     clf, _, test, _ = trained
@@ -162,8 +165,6 @@ def test_training_is_the_recipe_written_out():
     assert clf.config == cfg and (clf.num_classes, clf.data_name) == (10, "digits")
 
 
-
-
 def test_augmentation_repeats_the_border_and_warns_nothing():
     """Shifted, rotated, scaled and flipped, a constant image stays constant: the pixels brought in from outside
     repeat the border instead of being zero. Both sampling calls name ``align_corners`` (torch warns otherwise)."""
@@ -175,6 +176,7 @@ def test_augmentation_repeats_the_border_and_warns_nothing():
     torch.testing.assert_close(out, x)
     ramp = torch.linspace(-1, 1, 8).expand(16, 1, 8, 8)
     assert (clf_mod._augment(ramp, cfg, torch.Generator().manual_seed(0)) - ramp).abs().amax() > 0.1
+
 
 def _layer(m: torch.nn.Module) -> str:
     if isinstance(m, torch.nn.Conv2d):
@@ -216,6 +218,7 @@ def test_small_cnn_is_the_architecture_described():
     assert sizes[:5] == [(4, 32, 32), (8, 16, 16), (8, 16, 16), (16, 8, 8), (16, 8, 8)]
     assert (net.features(x) >= 0).all()  # after the ReLU
     assert clf_mod.SmallCNN(1, 10).body[0][0].out_channels == ClassifierConfig().width == 16  # the default width
+
 
 def test_training_shows_a_progress_bar_and_clears_it(capsys):
     train, test = _digits()
@@ -376,9 +379,7 @@ def test_cached_classifier_shows_progress_by_default(monkeypatch, tmp_path):
     cached_classifier(train, test, cfg, device="cpu")
     cached_classifier(train, test, cfg, device="cpu", progress=False, retrain=True)
     assert seen == [True, False]
-    key = cache_key("digits", train.digest, test.digest, params={**asdict(cfg), "device": "cpu"},
-                    modules=["diffusion.metrics.classifier"])
-    assert [p.name for p in (tmp_path / "classifier").iterdir()] == [f"{key}.pt"]
+    assert [p.name for p in (tmp_path / "classifier").iterdir()] == [f"{_entry_key(train, test, cfg)}.pt"]
     # the dataset's own configuration unless one is given; the given device, else the CPU without CUDA
     cached_classifier(train, test)
     assert calls[-1] == (ClassifierConfig(), torch.device("cpu"))  # "digits" has no configuration of its own

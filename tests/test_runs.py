@@ -336,7 +336,6 @@ def test_ctrl_c_during_start_up(tmp_path, capsys, monkeypatch):
         assert proc.returncode == 130 and "Traceback" not in err and "interrupted" in err, (delay, err)
 
 
-
 _EXEC_INTERRUPT = """
 import sys
 import diffusion.data, diffusion.train
@@ -367,11 +366,12 @@ def test_ctrl_c_inside_an_exec_string_exits_130_not_by_sigint(tmp_path):
 @pytest.mark.parametrize("settle", [False, True])
 def test_settle_interrupt_clears_the_unhandled_mark(tmp_path, settle):
     (tmp_path / "settle.py").write_text("import sys\nfrom diffusion.runs import settle_interrupt\ntry:\n"
-                      "    exec('raise KeyboardInterrupt')\nexcept KeyboardInterrupt:\n"
-                      f"    {'settle_interrupt()' if settle else 'pass'}\nsys.exit(130)\n")
+                                        "    exec('raise KeyboardInterrupt')\nexcept KeyboardInterrupt:\n"
+                                        f"    {'settle_interrupt()' if settle else 'pass'}\nsys.exit(130)\n")
     proc = subprocess.run([sys.executable, "-m", "settle"], cwd=ROOT, env=_env(PYTHONPATH=f"{ROOT}:{tmp_path}"),
                           capture_output=True, timeout=60)
     assert proc.returncode == (130 if settle else -signal.SIGINT)
+
 
 # ---------------------------------------------------------------------------------------------------- leftovers
 def test_leftovers_tmp_files_removed_and_metrics_truncated(tmp_path):
