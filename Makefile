@@ -19,7 +19,7 @@ help:
 	@echo "make all      set-up, figures (PROFILE=$(PROFILE)) and thesis/build/thesis.pdf"
 	@echo "make test     set-up, smoke-profile figures, then the test suite"
 	@echo "make setup    virtual environment $(VENV), notebook kernel, Debian TeX packages"
-	@echo "make figures  run the notebooks headless: PROFILE=smoke|quick|long|gpu|full (ALLOW_DIRTY=1: uncommitted"
+	@echo "make figures  run the notebooks headless: PROFILE=smoke|quick|long|cpu|gpu|full (ALLOW_DIRTY=1: uncommitted"
 	@echo "              sources allowed, artefacts marked dirty)"
 	@echo "make reproduce-check  clone HEAD, regenerate figures/quick from an empty cache, compare numbers.tex"
 	@echo "make thesis   build thesis/build/thesis.pdf (PROFILE= default: best profile with figures)"

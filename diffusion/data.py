@@ -456,7 +456,7 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
 class InfiniteBatches:
     """Endless shuffled mini-batches from an in-memory dataset, for the trainer.
 
-    The uint8 images live on ``device``; each ``next()`` returns ``(x, y)`` with x float32 in [-1, 1]
+    The uint8 images live on ``device``; each ``next()`` returns ``(x, y)`` with x in [-1, 1] in the default dtype (float32)
     (N×C×H×W, randomly flipped left-right when ``hflip``) and y int64 labels, both on ``device``.
     Every epoch uses a new permutation, drawn from a seed that ``generator`` supplies at the start of the
     epoch; an incomplete last batch is dropped. The flips are drawn from ``generator`` too, so give this
@@ -511,7 +511,7 @@ class InfiniteBatches:
         start = self.position + self.rank * self.batch_size
         idx = self.perm[start:start + self.batch_size].to(self.device)
         self.position += global_batch
-        x = to_model_range(self.images[idx])
+        x = to_model_range(self.images[idx]).to(torch.get_default_dtype())
         if self.hflip:
             x = random_hflip(x, self.generator)
         return x, self.labels[idx]

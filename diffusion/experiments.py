@@ -9,9 +9,10 @@ file and ``--set``-style overrides::
 ``stage`` sets the samples the trainer draws at
 ``train.sample_every`` (default 16 images, DDIM with min(50, T) steps).
 
-:func:`trained_model` trains it through :class:`diffusion.train.Trainer` inside :meth:`Artefacts.cached`
-under the key of notebook ``04_training`` (config, data digest, sources of ``diffusion.train`` and what it
-imports), so notebooks 05 and 06 asking for the same spec get the same run, and a changed input trains anew.
+:func:`trained_model` trains it through :func:`diffusion.train.train` inside :meth:`Artefacts.cached`
+under the key of notebook ``04_training`` (config without its bookkeeping settings, data digest, stage samples,
+torch version and the training fingerprint of ``diffusion.fingerprint``), so notebooks 05 and 06 asking for the
+same spec get the same run, a changed input trains anew, and a refactor that trains the same way keeps it.
 :func:`generate` samples a trained model and caches the images. :func:`train_toy` trains the 2-D toy model.
 """
 
@@ -28,14 +29,17 @@ import torch
 
 from diffusion.report import Artefacts, CacheEntry, repo_root
 
-__all__ = ["TrainedModel", "device", "generate", "load_data", "load_run_config", "model_spec", "nearest_neighbours",
-           "proxy_classifier", "train_toy", "trained_model", "variant_spec", "with_overrides"]
+__all__ = ["BOOKKEEPING", "TrainedModel", "device", "generate", "load_data", "load_run_config", "model_spec", "nearest_neighbours",
+           "proxy_classifier", "train_toy", "trained_model", "training_key", "variant_spec", "with_overrides"]
 
 TRAIN_PRODUCER = "04_training"
 RECIPE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
 """SHA-256 of this file: part of every key below, since the recipes (training loop of the toy, sampling
 batches) live here."""
 STAGE_SAMPLES = 16  # images the trainer samples at each train.sample_every step (EMA weights, fixed noise)
+BOOKKEEPING = ("train.ckpt_every", "train.ckpt_every_minutes", "train.keep_last", "data.root")
+"""Settings left out of a trained model's key: when checkpoints are written and kept, and where the data were
+read from, change neither the weights, the logged metrics nor the stage samples."""
 
 
 def device() -> torch.device:
@@ -133,6 +137,26 @@ def _config_dict(cfg) -> dict:
     return config_to_dict(cfg)
 
 
+def _stage(spec: dict, cfg) -> tuple[int, int, str]:
+    """(number, steps, sampler) of the stage samples of ``spec`` (``stage``; steps at most T)."""
+    stage = {"num": STAGE_SAMPLES, "steps": 50, "sampler": "ddim", **(spec.get("stage") or {})}
+    return int(stage["num"]), min(int(stage["steps"]), cfg.diffusion.num_timesteps), str(stage["sampler"])
+
+
+def training_key(spec: dict, which: str, data_digest: str | None = None) -> dict:
+    """The key parts of the model ``spec`` trains (besides the training fingerprint and torch version that
+    :func:`diffusion.report.cache.cache_key` adds): ``which``, the configuration without :data:`BOOKKEEPING`,
+    the data digest (``data_digest``, else that of the loaded training split) and the stage samples
+    ``[num, steps, sampler]``."""
+    cfg = load_run_config(spec)
+    config = _config_dict(cfg)
+    for dotted in BOOKKEEPING:
+        section, name = dotted.split(".")
+        config.get(section, {}).pop(name, None)
+    digest = data_digest if data_digest is not None else load_data(spec, "train", cfg).digest
+    return {"which": which, "config": config, "data": digest, "stage": list(_stage(spec, cfg))}
+
+
 def trained_model(art: Artefacts, spec: dict, which: str, dev: torch.device | None = None,
                   producer: str = TRAIN_PRODUCER, kind: str | None = None) -> TrainedModel:
     """Train (or fetch from the cache) the model of ``spec``; ``which`` is ``cond`` or ``uncond``.
@@ -144,30 +168,31 @@ def trained_model(art: Artefacts, spec: dict, which: str, dev: torch.device | No
     """
     from diffusion.checkpoint import load_checkpoint
     from diffusion.config import build_diffusion, build_model
+    from diffusion.fingerprint import training_fingerprint
     from diffusion.model_info import count_parameters
-    from diffusion.train import Trainer
+    from diffusion.train import train
 
     if which not in ("cond", "uncond"):
         raise ValueError(f"which must be 'cond' or 'uncond', got {which!r}")
     dev = dev or device()
     cfg = load_run_config(spec)
     data = load_data(spec, "train", cfg)
-    stage = {"num": STAGE_SAMPLES, "steps": 50, "sampler": "ddim", **(spec.get("stage") or {})}
-    sample_num, sample_steps = int(stage["num"]), min(int(stage["steps"]), cfg.diffusion.num_timesteps)
-    stage_sampler = str(stage["sampler"])
+    sample_num, sample_steps, stage_sampler = _stage(spec, cfg)
 
     def work(folder: Path) -> dict:
-        trainer = Trainer(cfg, data=data, out_dir=folder / "run", device=dev, resume="auto",
-                          sample_num=sample_num, sample_sampler=stage_sampler, sample_steps=sample_steps)
-        result = trainer.train()
+        result = train(cfg, data=data, out_dir=folder / "run", device=dev, resume="auto", sample_num=sample_num,
+                       sample_sampler=stage_sampler, sample_steps=sample_steps)
         if result["interrupted"]:
             raise KeyboardInterrupt(f"training of the {which} model interrupted at step {result['step']}; "
                                     "rerun to resume")
+        with torch.random.fork_rng(devices=[]):  # counting builds a network; the caller's randomness stays
+            params = count_parameters(build_model(cfg, data))
         return {k: result[k] for k in ("step", "loss", "ema_loss", "wall_time_s", "elapsed_s", "images_per_s")} | {
-            "params": count_parameters(trainer.model), "device": str(dev), "dataset": data.label}
+            "params": params, "device": str(dev), "dataset": data.label}
 
-    key = {"recipe": RECIPE, "which": which, "config": _config_dict(cfg), "data": data.digest, "stage": [sample_num, sample_steps, stage_sampler]}
-    entry = art.cached(key, work, kind=kind or f"train-{which}", producer=producer, modules=["diffusion.train"])
+    key = training_key(spec, which, data.digest)
+    entry = art.cached(key, work, kind=kind or f"train-{which}", producer=producer,
+                       fingerprint=training_fingerprint())
     state = load_checkpoint(entry.path / "run" / "checkpoints", map_location=dev)
     model, raw = build_model(cfg, data).to(dev), build_model(cfg, data).to(dev)
     raw.load_state_dict(state["model"])

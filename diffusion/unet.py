@@ -370,8 +370,10 @@ class UNet(nn.Module):
     def context_embedding(self, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """e_ctx = MLP_t(e_raw(t)) (+ MLP_y(v_y) for a conditional model), eqs. (16)-(17); shape (B, 4·ch).
 
-        For a conditional model ``y=None`` selects the null token ∅ (index ``num_classes``)."""
-        emb = self.time_mlp(timestep_embedding(t, self.ch, self.time_embed_freq_shift))
+        For a conditional model ``y=None`` selects the null token ∅ (index ``num_classes``). The sinusoidal
+        embedding is computed in float32 and meets the MLP in the MLP's dtype (float64 for a float64 network)."""
+        raw = timestep_embedding(t, self.ch, self.time_embed_freq_shift)
+        emb = self.time_mlp(raw.to(self.time_mlp[0].weight.dtype))
         if self.num_classes is not None:
             if y is None:
                 y = torch.full((t.shape[0],), self.num_classes, dtype=torch.long, device=t.device)

@@ -60,8 +60,9 @@ art = report.Artefacts(profile, "04_training", out_dir, cache_root=cache_dir, se
 # %% [markdown]
 # ## Train (or fetch) the two models
 # From the cache if this configuration was trained before; else from the committed weights
-# (`weights/<profile>/`, written by `tools/export_weights.py`) when they were trained with exactly this
-# code, configuration, data and torch version; else trained now. `DDPM_RETRAIN=1` ignores the weights.
+# (`weights/<profile>/`, written by `tools/export_weights.py`) when they were trained with this configuration,
+# data and torch version by code that trains the same way (`diffusion.fingerprint`); else trained now.
+# `DDPM_RETRAIN=1` ignores the weights.
 
 # %%
 models = {}

@@ -2,6 +2,7 @@
 the exported model back without training, bit for bit; ``DDPM_RETRAIN=1`` and any change of key ignore it."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,55 @@ def test_exported_weights_replace_training_exactly(tiny, tmp_path, monkeypatch, 
 def test_export_refuses_an_empty_cache(tmp_path, capsys):
     assert _export_main()(["--profile", "smoke", "--cache-dir", str(tmp_path), "--out", str(tmp_path / "w")]) == 2
     assert "no cache for profile" in capsys.readouterr().err
+
+
+def _committed_models():
+    """(profile, which, folder) of every committed trained model, finished or carried over unfinished."""
+    found = []
+    for kind_dir in sorted((ROOT / "weights").glob("*/train-*")):
+        which = kind_dir.name.removeprefix("train-")
+        found += [(kind_dir.parent.name, which, d) for d in sorted(kind_dir.iterdir()) if d.is_dir()]
+    return found
+
+
+@pytest.mark.parametrize("profile, which, folder", _committed_models(),
+                         ids=lambda v: v.name if isinstance(v, Path) else str(v))
+def test_committed_models_are_current(profile, which, folder):
+    """Each committed model sits under the key the current code gives its profile's spec: the same
+    configuration, data, stage samples, torch version and training fingerprint. A change of what training
+    computes changes the fingerprint; then retrain, export and regenerate the profile's figures in one commit."""
+    from diffusion.data import DatasetNotFoundError
+    from diffusion.fingerprint import training_fingerprint
+    from diffusion.report.cache import cache_key
+
+    recorded = json.loads((folder / "inputs.json").read_text())
+    assert recorded.get("fingerprint") == training_fingerprint(), (
+        f"{folder.relative_to(ROOT)} was trained by code whose training fingerprint was "
+        f"{recorded.get('fingerprint')}; this code's is {training_fingerprint()}: training computes something "
+        f"else now. Retrain (make figures PROFILE={profile}), export (tools/export_weights.py) and commit both")
+    spec = experiments.model_spec(profile, which)
+    try:
+        parts = experiments.training_key(spec, which)
+    except DatasetNotFoundError:  # the offline copies are not on this machine: their recorded digest stands in
+        parts = experiments.training_key(spec, which, data_digest=recorded["parts"]["data"])
+    key, inputs = cache_key(parts, experiments.TRAIN_PRODUCER, fingerprint=training_fingerprint())
+    assert inputs["parts"] == recorded["parts"], f"{folder.relative_to(ROOT)}: the profile's spec changed"
+    assert key == folder.name.removesuffix(".partial"), f"{folder.relative_to(ROOT)} is stale: its key is now {key}"
+
+
+def test_the_long_profile_trains_nothing(tmp_path, monkeypatch):
+    """``make figures PROFILE=long`` on a clean clone takes both models from weights/long/."""
+    from diffusion.fingerprint import training_fingerprint
+
+    monkeypatch.delenv("DDPM_RETRAIN", raising=False)
+    monkeypatch.delenv("DDPM_WEIGHTS_DIR", raising=False)
+    training_fingerprint()  # measured by the real trainer before it is replaced
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained although committed weights apply")
+
+    monkeypatch.setattr(diffusion.train, "Trainer", no_training)
+    art = report.Artefacts("long", "04_training", tmp_path / "out", cache_root=tmp_path / "cache")
+    for which in ("cond", "uncond"):
+        tm = experiments.trained_model(art, experiments.model_spec("long", which), which, dev=torch.device("cpu"))
+        assert tm.entry.source == "weights" and tm.summary["step"] == tm.cfg.train.total_steps

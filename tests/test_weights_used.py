@@ -152,7 +152,7 @@ def test_experiments_trained_model_and_generate_use_ema_weights(run_dir, tmp_pat
     (entry / "run").symlink_to(run_dir, target_is_directory=True)
 
     class FakeArt:
-        def cached(self, key, work, kind=None, producer=None, modules=None):
+        def cached(self, key, work, kind=None, producer=None, modules=None, fingerprint=None):
             if kind.startswith("train"):
                 return types.SimpleNamespace(path=entry, key="k", result={})
             folder = tmp_path / kind

@@ -8,7 +8,7 @@ Usage::
 Steps:
 
 1. choose the profile: the one given, else the best whose ``<figures-dir>/<profile>/numbers.tex`` exists
-   (order full > gpu > quick > smoke);
+   (order full > gpu > cpu > long > quick > smoke);
 2. check that every artefact the thesis sources include (``\\ProfFig{name}``, ``\\ProfTable{name}``) and
    every ``numbers.tex`` macro they use exists, naming the notebook that makes a missing one (the
    notebook of each artefact is read from docs/artefacts.md, the contract);
@@ -36,7 +36,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 THESIS_DIR = REPO / "thesis"
-PROFILE_ORDER = ("full", "gpu", "long", "quick", "smoke")
+PROFILE_ORDER = ("full", "gpu", "cpu", "long", "quick", "smoke")
 TEX_TOOLS = ("xelatex", "latexmk", "biber")
 APT_COMMAND = (
     "apt-get update && apt-get install -y --no-install-recommends texlive-xetex texlive-lang-chinese "
@@ -582,7 +582,7 @@ def _page_count(pdf: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", choices=PROFILE_ORDER, default=os.environ.get("PROFILE") or None,
-                        help="figures profile (default: the best present, full > gpu > quick > smoke)")
+                        help="figures profile (default: the best present, full > gpu > cpu > long > quick > smoke)")
     parser.add_argument("--figures-dir", type=Path, default=REPO / "figures",
                         help="folder holding <profile>/ artefact folders (default: figures/)")
     parser.add_argument("--build-dir", type=Path, default=THESIS_DIR / "build",

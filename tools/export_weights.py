@@ -9,6 +9,10 @@ inputs recorded in its ``inputs.json``: same code, Python and torch version) the
 the optimiser state (EMA and raw weights, step, configuration). ``diffusion.report.cache.cached`` copies such a
 folder into the cache when the same key is asked for, so notebooks use the weights instead of training.
 Stale entries (another key for the same kind) are never exported; an older export of the same kind is removed.
+
+A training longer than a session is carried to the next one with ``--partial``: the unfinished entry
+``<key>.partial`` is exported whole (its newest checkpoint *with* the optimiser state, ``history.jsonl``), and
+``cached`` copies it back into an empty cache, where the training resumes from it.
 """
 
 from __future__ import annotations
@@ -26,18 +30,28 @@ sys.path.insert(0, str(ROOT))
 DROPPED = ("optimizer",)  # Adam's two moments: twice the size of the weights, needed only to train on
 
 
-def current(entry: Path) -> bool:
-    """Whether the entry's key is the one this tree gives its recorded inputs (same code, Python, torch)."""
+def current_key(inputs: dict) -> str:
+    """The key this tree gives an entry's recorded inputs: the training fingerprint (trained models) or the
+    source digest (other work) as this code computes it, with this Python and torch."""
     from diffusion.report.cache import cache_key
 
-    inputs = json.loads((entry / "inputs.json").read_text())
+    if "fingerprint" in inputs:
+        from diffusion.fingerprint import training_fingerprint
+
+        return cache_key(inputs["parts"], inputs["notebook"], fingerprint=training_fingerprint())[0]
     modules = inputs.get("modules")
-    key, _ = cache_key(inputs["parts"], inputs["notebook"], None if modules == "diffusion/**" else modules)
-    return key == entry.name
+    return cache_key(inputs["parts"], inputs["notebook"], None if modules == "diffusion/**" else modules)[0]
 
 
-def export(entry: Path, target: Path) -> int:
-    """Copy ``entry`` to ``target`` (the slim form); returns the bytes written."""
+def current(entry: Path) -> bool:
+    """Whether the entry's key (its folder name, without ``.partial``) is current in this tree."""
+    inputs = json.loads((entry / "inputs.json").read_text())
+    return current_key(inputs) == entry.name.removesuffix(".partial")
+
+
+def export(entry: Path, target: Path, partial: bool = False) -> int:
+    """Copy ``entry`` to ``target`` (the slim form; ``partial``: with the optimiser state and the run's
+    history, to be resumed); returns the bytes written."""
     from diffusion.checkpoint import load_checkpoint, save_checkpoint
 
     tmp = target.with_name(target.name + ".tmp")
@@ -48,7 +62,7 @@ def export(entry: Path, target: Path) -> int:
             shutil.copy2(entry / name, tmp / name)
     run = entry / "run"
     (tmp / "run").mkdir()
-    for name in ("config.json", "metrics.jsonl"):
+    for name in ("config.json", "metrics.jsonl") + (("history.jsonl",) if partial else ()):
         if (run / name).is_file():
             shutil.copy2(run / name, tmp / "run" / name)
     if (run / "samples").is_dir():
@@ -56,7 +70,7 @@ def export(entry: Path, target: Path) -> int:
         for npz in sorted((run / "samples").glob("step_*.npz")):
             shutil.copy2(npz, tmp / "run" / "samples" / npz.name)
     state = load_checkpoint(run / "checkpoints")
-    slim = {k: v for k, v in state.items() if k not in DROPPED and k not in ("format", "version")}
+    slim = {k: v for k, v in state.items() if (partial or k not in DROPPED) and k not in ("format", "version")}
     step = int(state.get("step", 0))
     save_checkpoint(slim, tmp / "run" / "checkpoints" / f"ckpt_{step:07d}.pt")
     shutil.rmtree(target, ignore_errors=True)
@@ -72,6 +86,8 @@ def main(argv=None) -> int:
                         "by default: 9 MB each with EMA and raw weights, and retrained in minutes")
     p.add_argument("--cache-dir", default=None, help="cache root (default $DDPM_CACHE_DIR or <repo>/cache)")
     p.add_argument("--out", default=None, help="weights root (default $DDPM_WEIGHTS_DIR or <repo>/weights)")
+    p.add_argument("--partial", action="store_true",
+                   help="export unfinished trainings (<key>.partial, with the optimiser state) to resume elsewhere")
     a = p.parse_args(argv)
     import os
 
@@ -88,14 +104,19 @@ def main(argv=None) -> int:
     for kind_dir in sorted(d for d in cache.iterdir() if d.is_dir()):
         if not any(fnmatch.fnmatch(kind_dir.name, pat) for pat in patterns):
             continue
-        entries = [e for e in kind_dir.iterdir() if e.is_dir() and (e / "result.json").is_file() and current(e)]
+        if a.partial:
+            entries = [e for e in kind_dir.iterdir() if e.is_dir() and e.name.endswith(".partial")
+                       and (e / "inputs.json").is_file() and any((e / "run" / "checkpoints").glob("ckpt_*.pt"))
+                       and current(e)]
+        else:
+            entries = [e for e in kind_dir.iterdir() if e.is_dir() and (e / "result.json").is_file() and current(e)]
         if len(entries) != 1:
             print(f"export_weights: {kind_dir.name}: {len(entries)} current entries, need exactly one; skipped",
                   file=sys.stderr)
             continue
         entry = entries[0]
         shutil.rmtree(out_root / kind_dir.name, ignore_errors=True)
-        size = export(entry, out_root / kind_dir.name / entry.name)
+        size = export(entry, out_root / kind_dir.name / entry.name, partial=a.partial)
         print(f"{kind_dir.name}/{entry.name}: {size / 2**20:.1f} MiB")
         done += 1
     if not done:

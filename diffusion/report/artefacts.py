@@ -161,8 +161,9 @@ class Artefacts:
 
     # cache --------------------------------------------------------------------------------------
     def cached(self, key_parts: Mapping[str, Any], fn: Callable[[Path], Mapping | None], kind: str, *,
-               producer: str | None = None, modules: Sequence[str] | None = None) -> CacheEntry:
+               producer: str | None = None, modules: Sequence[str] | None = None,
+               fingerprint: str | None = None) -> CacheEntry:
         """:func:`cached` with this notebook's profile; ``producer`` names the notebook whose work this is
         when another notebook asks for it (05 and 06 reuse 04's trained models under 04's key)."""
         return cached(key_parts, fn, kind, notebook=producer or self.notebook, profile=self.profile,
-                      cache_root=self.cache_root, modules=modules)
+                      cache_root=self.cache_root, modules=modules, fingerprint=fingerprint)

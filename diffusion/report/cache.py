@@ -2,7 +2,10 @@
 
 A result is stored under ``cache/<profile>/<kind>/<key>/``, where the key is a SHA-256 of the producing
 notebook's name, the code of the ``diffusion`` modules the work depends on (with everything they import
-from the package), the torch version, the configuration and the data digest. A changed input gives a new key,
+from the package), the torch version, the configuration and the data digest. Trained models are keyed
+instead on what their training computes (``fingerprint``: ``diffusion.fingerprint.training_fingerprint``),
+not on the source text, so a refactor of the training code keeps them while a change of what it computes
+does not. A changed input gives a new key,
 so an entry is never reused for inputs it was not computed from. The code is hashed as its syntax tree
 without docstrings: comments, docstrings and layout never change a result, so editing them keeps every
 entry (and the committed weights) valid, while any change to a statement, name or constant gives a new key.
@@ -156,6 +159,15 @@ def committed_entry(profile: str, kind: str, key: str) -> Path | None:
     return path if (path / "result.json").is_file() else None
 
 
+def committed_partial(profile: str, kind: str, key: str) -> Path | None:
+    """The committed copy of an unfinished entry ``<profile>/<kind>/<key>.partial`` (a training to be resumed,
+    ``tools/export_weights.py --partial``), or None (none, or ``DDPM_RETRAIN=1``)."""
+    if os.environ.get("DDPM_RETRAIN", "") not in ("", "0"):
+        return None
+    path = weights_root() / profile / kind / f"{key}.partial"
+    return path if (path / "inputs.json").is_file() else None
+
+
 def _store_result(path: Path, result: Mapping | None) -> None:
     result = dict(result or {})
     arrays = {k: v for k, v in result.items() if isinstance(v, np.ndarray)}
@@ -173,22 +185,33 @@ def _load_result(path: Path) -> dict:
     return result
 
 
-def cache_key(key_parts: Mapping[str, Any], notebook: str, modules: Sequence[str] | None = None) -> tuple[str, dict]:
+def cache_key(key_parts: Mapping[str, Any], notebook: str, modules: Sequence[str] | None = None,
+              fingerprint: str | None = None) -> tuple[str, dict]:
     """(key, described inputs): SHA-256 over the notebook name, :func:`source_digest`, the Python (major.minor)
-    and torch versions and ``key_parts`` (config, data digest, seeds, ...), serialised as canonical JSON."""
+    and torch versions and ``key_parts`` (config, data digest, seeds, ...), serialised as canonical JSON.
+
+    With ``fingerprint`` (a digest of what the code computes, e.g. the training fingerprint) the key holds it
+    in place of the source digest and the Python version: the entry stays valid while the code computes the
+    same thing, however its text changes. ``modules`` is then not used."""
     if not isinstance(key_parts, Mapping):
         raise ValueError(f"key_parts must be a dict of what determines the work, got {type(key_parts).__name__}")
-    inputs = {"notebook": notebook, "sources": source_digest(modules),
-              "modules": sorted(modules) if modules is not None else "diffusion/**",
-              "python": "{}.{}".format(*sys.version_info[:2]), "torch": torch_version(),
-              "parts": jsonable(key_parts)}
+    if fingerprint is not None:
+        if not (isinstance(fingerprint, str) and re.fullmatch(r"[0-9a-f]{8,64}", fingerprint)):
+            raise ValueError(f"fingerprint must be a hex digest, got {fingerprint!r}")
+        inputs = {"notebook": notebook, "fingerprint": fingerprint, "torch": torch_version(),
+                  "parts": jsonable(key_parts)}
+    else:
+        inputs = {"notebook": notebook, "sources": source_digest(modules),
+                  "modules": sorted(modules) if modules is not None else "diffusion/**",
+                  "python": "{}.{}".format(*sys.version_info[:2]), "torch": torch_version(),
+                  "parts": jsonable(key_parts)}
     blob = json.dumps(inputs, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:24], inputs
 
 
 def cached(key_parts: Mapping[str, Any], fn: Callable[[Path], Mapping | None], kind: str, *,
            notebook: str, profile: str, cache_root: Path | str | None = None,
-           modules: Sequence[str] | None = None) -> CacheEntry:
+           modules: Sequence[str] | None = None, fingerprint: str | None = None) -> CacheEntry:
     """Run ``fn(work_dir)`` once per distinct input and reuse its result afterwards.
 
     ``fn`` writes files (checkpoints, npz) into ``work_dir`` and returns a dict; numpy arrays in it are
@@ -196,13 +219,13 @@ def cached(key_parts: Mapping[str, Any], fn: Callable[[Path], Mapping | None], k
     ``<cache_root>/<profile>/<kind>/<key>/`` (``cache_root`` defaults to ``$DDPM_CACHE_DIR`` or
     ``<repo>/cache``). It is built in ``<key>.partial/`` and renamed into place only when ``fn`` returned,
     so an interrupted run never leaves an entry that looks finished; a rerun passes the same ``.partial``
-    folder to ``fn`` again, which may resume from what it finds there (the training of the ``full``
-    profile does).
+    folder to ``fn`` again, which may resume from what it finds there (trainings do). A committed unfinished
+    entry (``weights/<profile>/<kind>/<key>.partial``) seeds that folder when the cache has none.
     """
     check_profile(profile)
     if not re.fullmatch(r"[A-Za-z0-9_-]+", kind or ""):
         raise ValueError(f"kind must be a non-empty name of letters, digits, '-' or '_', got {kind!r}")
-    key, inputs = cache_key(key_parts, notebook, modules)
+    key, inputs = cache_key(key_parts, notebook, modules, fingerprint)
     root = Path(cache_root or os.environ.get("DDPM_CACHE_DIR") or repo_root() / "cache")
     final = root / profile / kind / key
     if (final / "result.json").is_file():
@@ -218,6 +241,12 @@ def cached(key_parts: Mapping[str, Any], fn: Callable[[Path], Mapping | None], k
             os.replace(staging, final)
         return CacheEntry(final, key, _load_result(final), True, "weights")
     partial = final.with_name(key + ".partial")
+    carried = committed_partial(profile, kind, key)
+    if carried is not None and not partial.exists():  # an unfinished training carried over: resumed by fn
+        staging = final.with_name(key + ".carried")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(carried, staging)
+        os.replace(staging, partial)
     partial.mkdir(parents=True, exist_ok=True)
     (partial / "inputs.json").write_text(json.dumps(inputs, indent=1, sort_keys=True))
     result = fn(partial)

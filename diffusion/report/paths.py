@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-PROFILES = ("smoke", "quick", "long", "gpu", "full")
+PROFILES = ("smoke", "quick", "long", "cpu", "gpu", "full")
 """Profile names, shortest first; each has its own ``figures/<profile>/`` folder."""
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
