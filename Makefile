@@ -22,6 +22,7 @@ help:
 	@echo "make figures  run the notebooks headless: PROFILE=smoke|quick|long|cpu|gpu|full (ALLOW_DIRTY=1: uncommitted"
 	@echo "              sources allowed, artefacts marked dirty)"
 	@echo "make reproduce-check  clone HEAD, regenerate figures/quick from an empty cache, compare numbers.tex"
+	@echo "              statistically (THREADS=1: another thread count, as another CPU would)"
 	@echo "make thesis   build thesis/build/thesis.pdf (PROFILE= default: best profile with figures)"
 	@echo "make thesis-check  build the thesis, then check its pages, fonts and figure text sizes"
 	@echo "make lab      open the notebooks in JupyterLab"
@@ -66,21 +67,25 @@ figures: $(STAMP)
 	$(PYTHON) tools/make_figures.py --profile $(PROFILE) $(if $(filter 1,$(ALLOW_DIRTY)),--allow-dirty,)
 
 # Regenerates figures/quick in a clone of HEAD with an empty cache (about 20 minutes on 2 cores, reusing
-# this checkout's $(VENV)) and compares every number of numbers.tex with the committed one.
+# this checkout's $(VENV)) and compares every number of numbers.tex with the committed one, statistically
+# (THREADS=n: another torch thread count, a rehearsal of another CPU).
 reproduce-check: $(STAMP)
-	$(PYTHON) tools/reproduce_check.py --venv $(VENV)
+	$(PYTHON) tools/reproduce_check.py --venv $(VENV) $(if $(THREADS),--threads $(THREADS),)
 
 thesis: tex $(STAMP)
-	$(PYTHON) tools/build_thesis.py $(if $(filter command line,$(origin PROFILE)),--profile $(PROFILE),)
+	$(PYTHON) tools/build_thesis.py $(if $(filter command line,$(origin PROFILE)),--profile $(PROFILE),) \
+		$(if $(JUST_MADE),--just-made $(JUST_MADE),)
 
 # Look at the built PDF as an examiner would: every page renders, no "??", fonts embedded, no figure text
 # below 7 pt at print size, page count in bounds.
 thesis-check: thesis
 	$(PYTHON) tools/thesis_check.py --pdf thesis/build/thesis.pdf
 
+# The thesis is built from the best profile with figures (the committed ones unless PROFILE is given); its last
+# line says when that is not the profile just regenerated.
 all: setup
 	$(MAKE) figures PROFILE=$(PROFILE)
-	$(MAKE) thesis $(if $(filter command line,$(origin PROFILE)),PROFILE=$(PROFILE),)
+	$(MAKE) thesis $(if $(filter command line,$(origin PROFILE)),PROFILE=$(PROFILE),) JUST_MADE=$(PROFILE)
 
 # Served from the repository root (so jupytext.toml applies to notebooks/), opened on notebooks/.
 lab: $(STAMP) $(LAB_SETTINGS)

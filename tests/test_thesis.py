@@ -105,8 +105,22 @@ def test_default_profile_is_the_best_present(tmp_path):
     (tmp_path / "long").mkdir()  # the CPU profile of the thesis's results beats quick, not gpu or full
     (tmp_path / "long" / "numbers.tex").write_text("")
     assert build_thesis.choose_profile(tmp_path, None) == "long"
+    (tmp_path / "cpu").mkdir()  # the draft's datasets at CPU scale beat the MNIST profiles
+    (tmp_path / "cpu" / "numbers.tex").write_text("")
+    assert build_thesis.choose_profile(tmp_path, None) == "cpu"
     (tmp_path / "full" / "numbers.tex").write_text("")
     assert build_thesis.choose_profile(tmp_path, None) == "full"
+
+
+def test_a_thesis_from_other_figures_than_those_just_made_says_so():
+    records = {"a": {"git_commit": "d2e662ca80a4feac2e6", "dirty": False},
+               "b": {"git_commit": "db37b96aaaaaaaaaaaa", "dirty": True}}
+    note = build_thesis.figures_note("long", records, "quick")
+    assert note.startswith("note: thesis.pdf shows the committed figures/long (made at commit d2e662ca80, "
+                           "db37b96aaa-dirty), not the figures/quick this run just made")
+    assert note.endswith("`make thesis PROFILE=quick` builds it from those")
+    assert build_thesis.figures_note("quick", records, "quick") is None
+    assert build_thesis.figures_note("long", records, None) is None
 
 
 def test_comparison_words_follow_the_numbers():

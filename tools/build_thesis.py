@@ -523,7 +523,20 @@ def check_log(log_path: Path, blg_path: Path) -> list[str]:
     return problems
 
 
-def build(profile: str | None, figures_dir: Path, build_dir: Path, quiet: bool = False) -> Path:
+def figures_note(profile: str, records: dict[str, dict], just_made: str | None) -> str | None:
+    """One line naming the profile and commit(s) of the figures in the PDF when they are not the profile
+    ``just_made`` (what ``make all`` just regenerated), and how to build from those instead."""
+    if not just_made or just_made == profile:
+        return None
+    commits = sorted({str(r.get("git_commit", "?"))[:10] + ("-dirty" if r.get("dirty") else "")
+                      for r in records.values()})
+    shown = ", ".join(commits[:3]) + (f" and {len(commits) - 3} more" if len(commits) > 3 else "")
+    return (f"note: thesis.pdf shows the committed figures/{profile} (made at commit {shown}), not the "
+            f"figures/{just_made} this run just made; `make thesis PROFILE={just_made}` builds it from those")
+
+
+def build(profile: str | None, figures_dir: Path, build_dir: Path, quiet: bool = False,
+          just_made: str | None = None) -> Path:
     start = time.monotonic()
     figures_dir = figures_dir.resolve()
     build_dir = build_dir.resolve()
@@ -568,6 +581,9 @@ def build(profile: str | None, figures_dir: Path, build_dir: Path, quiet: bool =
     pages = _page_count(pdf)
     print(f"wrote {pdf} ({pages} pages, profile {profile}, {time.monotonic() - start:.1f} s"
           + (f", {overfull} overfull hbox warnings" if overfull else "") + ")")
+    note = figures_note(profile, records, just_made)
+    if note:
+        print(note)
     return pdf
 
 
@@ -588,9 +604,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--build-dir", type=Path, default=THESIS_DIR / "build",
                         help="output folder for thesis.pdf and LaTeX auxiliaries (default: thesis/build/)")
     parser.add_argument("--quiet", action="store_true", help="print only the final line")
+    parser.add_argument("--just-made", choices=PROFILE_ORDER, default=None,
+                        help="the profile whose figures were just regenerated (make all): if the PDF is built "
+                             "from another one, a last line says so")
     args = parser.parse_args(argv)
     try:
-        build(args.profile, args.figures_dir, args.build_dir, quiet=args.quiet)
+        build(args.profile, args.figures_dir, args.build_dir, quiet=args.quiet, just_made=args.just_made)
     except BuildError as exc:
         print(f"build_thesis: error: {exc}", file=sys.stderr)
         return exc.status

@@ -282,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         stage.mkdir(parents=True)
         params = {**prof.get("common", {}), **(prof.get("notebooks", {}).get(name) or {}),
                   "profile": args.profile, "out_dir": str(stage), "cache_dir": str(cache_dir)}
+        if os.environ.get("DDPM_THREADS"):  # tools/reproduce_check.py --threads: another reduction order
+            params["threads"] = int(os.environ["DDPM_THREADS"])
         print(f"[make figures] {args.profile}: running {name} ...", flush=True)
         t0 = time.perf_counter()
         try:
