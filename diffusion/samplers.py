@@ -29,17 +29,24 @@ def _eval_mode(model):
 
 
 def dpmpp2m_timesteps(alpha_bar: np.ndarray, steps: int) -> list[int]:
-    """``steps`` distinct indices from T−1 down to 0, evenly spaced in log-SNR λ = ½ log(ᾱ/(1−ᾱ))
-    (the spacing Lu et al. recommend), each the index whose λ is nearest."""
+    """Exactly ``steps`` distinct indices from T−1 down to 0, evenly spaced in log-SNR λ = ½ log(ᾱ/(1−ᾱ))
+    (the spacing Lu et al. recommend): the k-th is the index whose λ is nearest to the k-th target, moved
+    only when that index is taken or would leave too few indices for the remaining steps,
+    i_k = max(steps−1−k, min(nearest_k, i_{k−1}−1)). Near the clean end λ changes fast between indices, so
+    with many steps several targets fall nearest to the same small index; those steps take the next free
+    ones, and ``steps`` requested means ``steps`` network calls."""
+    T = len(alpha_bar)
+    if not 1 <= int(steps) <= T:
+        raise ValueError(f"steps must lie in [1, {T}], got {steps!r}")
+    steps = int(steps)
     lam = 0.5 * (np.log(alpha_bar) - np.log1p(-alpha_bar))
     chosen: list[int] = []
-    for target in np.linspace(lam[-1], lam[0], steps):
+    for k, target in enumerate(np.linspace(lam[-1], lam[0], steps)):
         i = int(np.argmin(np.abs(lam - target)))
-        while i in chosen and i > 0:  # keep indices distinct and descending
-            i -= 1
-        if i not in chosen:
-            chosen.append(i)
-    return sorted(chosen, reverse=True)
+        if chosen:
+            i = min(i, chosen[-1] - 1)
+        chosen.append(max(i, steps - 1 - k))
+    return chosen
 
 
 @torch.no_grad()

@@ -145,8 +145,8 @@ for smp in SAMPLER_TITLES:
 
 
 def network_calls(smp: str, S: int) -> int:
-    """Network evaluations per image: S, except DPM-Solver++, whose λ-spaced targets that round to an index
-    already taken are merged (``diffusion.samplers.dpmpp2m_timesteps``), so it may call the network fewer times."""
+    """Network evaluations per image, counted from the time steps the sampler takes (DPM-Solver++ picks exactly
+    S distinct indices, ``diffusion.samplers.dpmpp2m_timesteps``; the count shows it)."""
     return len(dpmpp2m_timesteps(tm.diffusion.alpha_bar, S)) if smp == "dpmpp2m" else S
 
 

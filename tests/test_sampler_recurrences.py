@@ -232,20 +232,26 @@ def test_dpmpp2m_seeded_start_trajectory_and_defaults():
 
 
 def test_dpmpp2m_timesteps_nearest_log_snr_and_collisions():
-    """Each step takes the index of nearest log-SNR; on a collision it moves down to the next free index."""
-    for T_, steps in ((50, 6), (50, 40), (30, 30), (1000, 25)):
+    """Each step takes the index of nearest log-SNR; on a collision it moves to the next free index, and it
+    never leaves too few indices for the steps still to come: exactly ``steps`` network calls."""
+    for T_, steps in ((50, 6), (50, 40), (30, 30), (1000, 25), (1000, 50), (1000, 100), (1000, 1000)):
         ab = np.cumprod(1 - betas_linear(T_)) if T_ != 1000 else np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
         lam = lam_np(ab)
-        chosen, collisions = [], 0
-        for target in np.linspace(lam[-1], lam[0], steps):
-            i = int(np.argmin(np.abs(lam - target)))
-            collisions += i in chosen
-            while i in chosen and i > 0:
-                i -= 1
-            chosen.append(i)
-        if steps >= 30:
-            assert collisions > 0  # the set-up exercises the collision rule
-        want = sorted(set(chosen), reverse=True)
+        nearest = [int(np.argmin(np.abs(lam - target))) for target in np.linspace(lam[-1], lam[0], steps)]
         got = dpmpp2m_timesteps(ab, steps)
-        assert got == want and got[0] == T_ - 1 and got[-1] == 0
-        assert len(got) == len(set(got)) and got == sorted(got, reverse=True)
+        assert len(got) == steps and len(set(got)) == steps and got == sorted(got, reverse=True)
+        assert got[0] == T_ - 1 and got[-1] == 0
+        if steps >= 30:
+            assert len(set(nearest)) < steps  # the set-up exercises the collision rule
+        for k, (i, n) in enumerate(zip(got, nearest)):  # moved only where it had to be
+            assert i == n or (k and n >= got[k - 1]) or i == steps - 1 - k
+        if steps * 10 <= T_:  # few steps: far from the clean end no target collides, the nearest index stands
+            assert got[: steps // 2] == nearest[: steps // 2]
+
+
+def test_dpmpp2m_timesteps_at_t_1000_requested_50_and_100_give_50_and_100_calls():
+    ab = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+    for steps in (10, 20, 50, 100):
+        assert len(dpmpp2m_timesteps(ab, steps)) == steps
+    with pytest.raises(ValueError, match=r"steps must lie in \[1, 1000\], got 0"):
+        dpmpp2m_timesteps(ab, 0)
