@@ -22,7 +22,8 @@ help:
 	@echo "make figures  run the notebooks headless: PROFILE=smoke|quick|long|cpu|gpu|full (ALLOW_DIRTY=1: uncommitted"
 	@echo "              sources allowed, artefacts marked dirty)"
 	@echo "make reproduce-check  clone HEAD, regenerate figures/quick from an empty cache, compare numbers.tex"
-	@echo "              statistically (THREADS=1: another thread count, as another CPU would)"
+	@echo "              statistically (THREADS=1: another thread count, as another CPU would; SEED=1: other"
+	@echo "              sampling draws from the committed models; TRAIN_SEED=1: models retrained; PROFILE=...)"
 	@echo "make thesis   build thesis/build/thesis.pdf (PROFILE= default: best profile with figures)"
 	@echo "make thesis-check  build the thesis, then check its pages, fonts and figure text sizes"
 	@echo "make lab      open the notebooks in JupyterLab"
@@ -70,7 +71,8 @@ figures: $(STAMP)
 # this checkout's $(VENV)) and compares every number of numbers.tex with the committed one, statistically
 # (THREADS=n: another torch thread count, a rehearsal of another CPU).
 reproduce-check: $(STAMP)
-	$(PYTHON) tools/reproduce_check.py --venv $(VENV) $(if $(THREADS),--threads $(THREADS),)
+	$(PYTHON) tools/reproduce_check.py --venv $(VENV) $(if $(filter command line,$(origin PROFILE)),--profile $(PROFILE),) \
+		$(if $(THREADS),--threads $(THREADS),) $(if $(SEED),--seed $(SEED),) $(if $(TRAIN_SEED),--train-seed $(TRAIN_SEED),)
 
 thesis: tex $(STAMP)
 	$(PYTHON) tools/build_thesis.py $(if $(filter command line,$(origin PROFILE)),--profile $(PROFILE),) \

@@ -215,3 +215,14 @@ def test_make_figures_passes_allow_dirty(extra, flag):
     check = subprocess.run(["make", "-n", "-C", str(ROOT), "reproduce-check"], capture_output=True, text=True,
                            check=True).stdout
     assert "tools/reproduce_check.py --venv" in check
+
+
+def test_reproduction_overrides_reseed_and_rethread():
+    params = {"seed": 0, "threads": 0, "cond": {"config": "c.yaml", "set": {"train.seed": 0, "model.ch": 32}},
+              "uncond": {"config": "u.yaml"}, "n_samples": 8}
+    assert mf.reproduction_overrides(params, {}) == {}
+    out = mf.reproduction_overrides(params, {"DDPM_THREADS": "1", "DDPM_SEED": "5", "DDPM_TRAIN_SEED": "7"})
+    assert out["threads"] == 1 and out["seed"] == 5
+    assert out["cond"] == {"config": "c.yaml", "set": {"train.seed": 7, "model.ch": 32}}
+    assert out["uncond"] == {"config": "u.yaml", "set": {"train.seed": 7}}
+    assert params["cond"]["set"]["train.seed"] == 0  # the profile's own spec is left alone

@@ -211,3 +211,22 @@ def test_failing_make_is_exit_2(tmp_path, capsys):
         pytest.skip("needs the set-up project virtual environment")
     assert rc.main(["--root", str(repo), "--venv", str(venv)]) == 2
     assert "make figures PROFILE=quick failed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, env_check", [
+    ([], 'test "$$DDPM_RETRAIN" = 1 && test -z "$$DDPM_SEED$$DDPM_THREADS"'),
+    (["--threads", "1"], 'test "$$DDPM_RETRAIN" = 1 && test "$$DDPM_THREADS" = 1'),
+    (["--seed", "3"], 'test -z "$$DDPM_RETRAIN" && test "$$DDPM_SEED" = 3'),  # the committed models, new draws
+    (["--seed", "3", "--train-seed", "4"], 'test "$$DDPM_RETRAIN" = 1 && test "$$DDPM_TRAIN_SEED" = 4'),
+])
+def test_reproduction_modes_reach_make_figures(tmp_path, capsys, flags, env_check):
+    repo = _fake_repo(tmp_path, "0.0412")
+    make = (repo / "Makefile").read_text().replace("\tcp produced.tex", f"\t{env_check}\n\tcp produced.tex")
+    (repo / "Makefile").write_text(make)
+    _git(repo, "commit", "-q", "-am", "check the environment")
+    venv = Path(sys.prefix)
+    if not (venv / ".setup-stamp").is_file():
+        pytest.skip("needs the set-up project virtual environment")
+    assert rc.main(["--root", str(repo), "--venv", str(venv), *flags]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert ("sampling seed 3" in first) == ("--seed" in flags) and ("1 torch thread" in first) == ("--threads" in flags)

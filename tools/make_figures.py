@@ -217,6 +217,24 @@ def publish(name: str, stage: Path, figures_dir: Path, profile: str, order: list
         shutil.rmtree(old)
 
 
+def reproduction_overrides(params: dict, env) -> dict:
+    """Parameters that ``tools/reproduce_check.py`` changes through the environment: ``DDPM_THREADS`` (torch
+    threads: another reduction order), ``DDPM_SEED`` (the seed of every sampling and evaluation draw) and
+    ``DDPM_TRAIN_SEED`` (``train.seed`` of the trained models, and so of the width/depth variants derived
+    from the conditional one)."""
+    out = {}
+    if env.get("DDPM_THREADS"):
+        out["threads"] = int(env["DDPM_THREADS"])
+    if env.get("DDPM_SEED"):
+        out["seed"] = int(env["DDPM_SEED"])
+    if env.get("DDPM_TRAIN_SEED"):
+        for which in ("cond", "uncond"):
+            spec = params.get(which)
+            if isinstance(spec, dict):
+                out[which] = {**spec, "set": {**(spec.get("set") or {}), "train.seed": int(env["DDPM_TRAIN_SEED"])}}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -282,8 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         stage.mkdir(parents=True)
         params = {**prof.get("common", {}), **(prof.get("notebooks", {}).get(name) or {}),
                   "profile": args.profile, "out_dir": str(stage), "cache_dir": str(cache_dir)}
-        if os.environ.get("DDPM_THREADS"):  # tools/reproduce_check.py --threads: another reduction order
-            params["threads"] = int(os.environ["DDPM_THREADS"])
+        params.update(reproduction_overrides(params, os.environ))
         print(f"[make figures] {args.profile}: running {name} ...", flush=True)
         t0 = time.perf_counter()
         try:

@@ -1,6 +1,6 @@
 """Regenerate a profile's figures from a clean clone of HEAD and compare its numbers with the committed ones.
 
-    python tools/reproduce_check.py [--profile quick] [--threads N] [--exact] [--keep]   # make reproduce-check
+    python tools/reproduce_check.py [--profile quick] [--threads N] [--seed N] [--train-seed N] [--exact] [--keep]
     python tools/reproduce_check.py --compare COMMITTED.tex PRODUCED.tex [--exact]       # the comparison only
 
 The check clones this repository's HEAD into a temporary folder, runs ``make figures PROFILE=<profile>``
@@ -23,7 +23,10 @@ families and thread counts, and training amplifies it: a regeneration elsewhere 
 Exact equality is reported on an extra line (on the same CPU model and thread count the pipeline is
 deterministic, and everything matches exactly); ``--exact`` makes it the criterion. ``--threads N`` runs the
 notebooks with N torch threads (``DDPM_THREADS``), which changes the reduction order much as another CPU
-does: the way to rehearse the cross-machine check on one machine. A mismatch, a missing or an extra number
+does: the way to rehearse the cross-machine check on one machine. Conclusions that should survive another seed
+are checked by ``--seed N`` (every sampling and evaluation draw of the notebooks reseeded; the committed
+trained models are used) and ``--train-seed N`` (the models retrained with ``train.seed = N`` as well): the
+table then says which numbers and verdicts held. A mismatch, a missing or an extra number
 prints a table and exits with status 1; a failing run exits 2.
 """
 
@@ -210,10 +213,12 @@ def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, **kwargs)
 
 
-def regenerate(root: Path, profile: str, venv: Path, work: Path, threads: int | None = None) -> tuple[str, str, str]:
+def regenerate(root: Path, profile: str, venv: Path, work: Path, threads: int | None = None,
+               seed: int | None = None, train_seed: int | None = None) -> tuple[str, str, str]:
     """Clone ``root``'s HEAD into ``work/repo``, run ``make figures`` there with an empty cache under
-    ``work`` (``threads``: torch threads of every notebook); returns (commit, committed numbers.tex, produced
-    numbers.tex). ``RuntimeError`` on failure."""
+    ``work`` (``threads``: torch threads of every notebook; ``seed``: their sampling and evaluation seed, with
+    the committed trained models; ``train_seed``: the models' training seed); returns (commit, committed
+    numbers.tex, produced numbers.tex). ``RuntimeError`` on failure."""
     head = _run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
     clone = work / "repo"
     _run(["git", "clone", "--quiet", "--no-hardlinks", str(root), str(clone)], check=True)
@@ -224,10 +229,12 @@ def regenerate(root: Path, profile: str, venv: Path, work: Path, threads: int | 
     committed = numbers.read_text(encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}  # a fresh make
     # DDPM_RETRAIN: committed weights (weights/<profile>/) would skip the training being reproduced
-    env.update(DDPM_CACHE_DIR=str(work / "cache"), DDPM_CACHE=str(work / "cache-data"), PYTHONPATH=str(clone),
-               DDPM_RETRAIN="1")
-    if threads:
-        env["DDPM_THREADS"] = str(threads)
+    env.update(DDPM_CACHE_DIR=str(work / "cache"), DDPM_CACHE=str(work / "cache-data"), PYTHONPATH=str(clone))
+    if seed is None or train_seed is not None:  # another sampling seed alone keeps the committed models
+        env["DDPM_RETRAIN"] = "1"
+    for name, value in (("DDPM_THREADS", threads), ("DDPM_SEED", seed), ("DDPM_TRAIN_SEED", train_seed)):
+        if value is not None:
+            env[name] = str(value)
     where = _run([str(venv / "bin" / "python"), "-c", "import diffusion; print(diffusion.__file__)"],
                  cwd=clone / "notebooks", env=env, capture_output=True, text=True)
     if where.returncode != 0 or not Path(where.stdout.strip()).resolve().is_relative_to(clone.resolve()):
@@ -253,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exact", action="store_true", help="require identical strings (same CPU model and threads)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads of the regeneration (another reduction order: a rehearsal of another CPU)")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="another seed of every sampling and evaluation draw, with the committed trained models")
+    ap.add_argument("--train-seed", type=int, default=None, help="retrain the models with this train.seed too")
     ap.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -263,12 +273,16 @@ def main(argv: list[str] | None = None) -> int:
         return report(*(p.read_text(encoding="utf-8") for p in args.compare), exact=args.exact)
     if args.threads is not None and args.threads < 1:
         ap.error(f"--threads must be a positive integer, got {args.threads}")
+    for flag, value in (("--seed", args.seed), ("--train-seed", args.train_seed)):
+        if value is not None and value < 0:
+            ap.error(f"{flag} must be a non-negative integer, got {value}")
     venv = args.venv if args.venv.is_absolute() else (Path.cwd() / args.venv)
     if not (venv / ".setup-stamp").is_file() or not (venv / "bin" / "python").is_file():
         ap.error(f"--venv: {venv} is not a set-up virtual environment (run make setup)")
     work = Path(tempfile.mkdtemp(prefix="ddpm-reproduce-"))
     try:
-        head, committed, produced = regenerate(args.root.resolve(), args.profile, venv, work, args.threads)
+        head, committed, produced = regenerate(args.root.resolve(), args.profile, venv, work, args.threads,
+                                               args.seed, args.train_seed)
     except (RuntimeError, subprocess.CalledProcessError) as err:
         print(f"reproduce-check: error: {err}", file=sys.stderr)
         return 2
@@ -277,9 +291,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kept {work}", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
-    threads = f" with {args.threads} torch thread(s)" if args.threads else ""
+    how = [f"{args.threads} torch thread(s)"] if args.threads else []
+    how += [f"sampling seed {args.seed}"] if args.seed is not None else []
+    how += [f"training seed {args.train_seed}"] if args.train_seed is not None else []
     print(f"figures/{args.profile}/numbers.tex of commit {head[:10]} against a regeneration from an empty cache"
-          f"{threads}:")
+          + (f" with {', '.join(how)}" if how else "") + ":")
     return report(committed, produced, exact=args.exact)
 
 
