@@ -400,7 +400,7 @@ brows = [[*bpd_labels[v], str(len(b["per_image"])), format_ci(b["ci"], "{:.3f}")
           f"{b['prior']:.4f}", f"{b['mid']:.3f}",
           f"{b['l0']:.3f}"] for v, b in bres.items()]
 art.save_table("bpd", report.booktabs_tabular(
-    ["反向方差", r"$L_0$ 方差约定", r"$n$", r"总计（bits/dim）",
+    ["逆向方差", r"$L_0$ 方差约定", r"$n$", r"总计（bits/dim）",
      r"$L_T$", r"$\sum_{t\geq2} L_{t-1}$", r"$L_0$"], brows, align="llrrrrr", escape=False),
     dataset=tu.data.label, config=uncond)
 # same images and noise for every variance: the paired per-image difference carries the comparison
