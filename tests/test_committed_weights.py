@@ -125,3 +125,41 @@ def test_the_long_profile_trains_nothing(tmp_path, monkeypatch):
     for which in ("cond", "uncond"):
         tm = experiments.trained_model(art, experiments.model_spec("long", which), which, dev=torch.device("cpu"))
         assert tm.entry.source == "weights" and tm.summary["step"] == tm.cfg.train.total_steps
+
+
+def test_an_unfinished_training_is_carried_over_and_resumed_exactly(tiny, tmp_path, monkeypatch):
+    """export_weights --partial writes an interrupted training with its optimiser state; a fresh cache
+    resumes it from there and ends where an uninterrupted training ends, bit for bit."""
+    from diffusion.fingerprint import training_fingerprint
+    from diffusion.report.cache import cache_key
+
+    monkeypatch.setenv("DDPM_WEIGHTS_DIR", str(tmp_path / "weights"))
+    monkeypatch.delenv("DDPM_RETRAIN", raising=False)
+    spec = {"stage": {"num": 4, "steps": 2}}
+    whole = experiments.trained_model(report.Artefacts("smoke", "04_training", tmp_path / "o1",
+                                                       cache_root=tmp_path / "c1"), spec, "cond",
+                                      dev=torch.device("cpu"))
+
+    # the same training stopped after two of its three steps, as a session's end leaves it
+    key, inputs = cache_key(experiments.training_key(spec, "cond", experiments.load_data(spec).digest),
+                            experiments.TRAIN_PRODUCER, fingerprint=training_fingerprint())
+    partial = tmp_path / "c2" / "smoke" / "train-cond" / f"{key}.partial"
+    partial.mkdir(parents=True)
+    (partial / "inputs.json").write_text(json.dumps(inputs))
+    diffusion.train.train(experiments.load_run_config(spec), data=experiments.load_data(spec), out_dir=partial / "run",
+                          device="cpu", progress=False, sample_num=4, sample_sampler="ddim", sample_steps=2,
+                          total_steps=2)
+    assert _export_main()(["--profile", "smoke", "--cache-dir", str(tmp_path / "c2"), "--kinds", "train-*",
+                           "--partial"]) == 0
+    carried = tmp_path / "weights" / "smoke" / "train-cond" / f"{key}.partial"
+    assert "optimizer" in load_checkpoint(carried / "run" / "checkpoints")
+    assert (carried / "run" / "history.jsonl").is_file()
+
+    resumed = experiments.trained_model(report.Artefacts("smoke", "04_training", tmp_path / "o3",
+                                                         cache_root=tmp_path / "c3"), spec, "cond",
+                                        dev=torch.device("cpu"))
+    assert resumed.entry.source == "computed" and resumed.entry.key == whole.entry.key == key
+    assert torch.equal(flat(resumed.model.parameters()), flat(whole.model.parameters()))
+    assert torch.equal(flat(resumed.raw_model.parameters()), flat(whole.raw_model.parameters()))
+    history = (resumed.run_dir / "history.jsonl").read_text().splitlines()
+    assert [json.loads(h)["event"] for h in history] == ["start", "resume"]
