@@ -132,3 +132,18 @@ def test_gpu_bench_script_logic_on_cpu(tmp_path):
     assert "sample/ours_bf16_cl_compiled" in r["skipped"]
     log = (tmp_path / "out" / "throughput.log").read_text()
     assert "checks:" in log and "total" in log
+
+
+def test_cpu_against_diffusers_smoke_run(tmp_path, capsys):
+    """benchmarks/cpu_vs_diffusers.py: both networks compute the same function, ratios are to diffusers."""
+    pytest.importorskip("diffusers")
+    spec = importlib.util.spec_from_file_location("cpu_vs_diffusers", ROOT / "benchmarks" / "cpu_vs_diffusers.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "r.json"
+    assert mod.main(["--batch", "2", "--repeats", "2", "--inner", "1", "--no-compile", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert set(r["image_calls_per_s"]) == {"diffusers_eager", "ours_eager"}
+    assert r["ratio_to_diffusers_eager"]["diffusers_eager"] == 1.0
+    assert r["rel_err_to_ours_eager"]["diffusers_eager"] < 1e-4 and r["ch"] == 32
+    assert "x1.00 vs diffusers eager" in capsys.readouterr().out
