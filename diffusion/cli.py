@@ -314,7 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config value, e.g. --set model.ch=64 (repeatable)")
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/<config name>)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its newest readable checkpoint, or start it from step 0 "
+                        "when it has none (an earlier attempt's outputs are moved into aborted-<time>/); after a "
+                        "stop at any instant this command continues")
     p.add_argument("--allow-config-change", action="store_true",
                    help="with --resume: accept settings that differ from the run's saved config beyond run "
                         "length, logging, checkpoint and sample intervals (recorded in the run's history.jsonl)")

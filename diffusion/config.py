@@ -83,7 +83,9 @@ class TrainConfig:
     min(ema_decay, (1+n)/(10+n)) after n updates (``diffusion.ema``; for short runs); ``compile``: False,
     "model"/True (compile the network) or "step" (compile the loss computation and the update); ``bf16``,
     ``channels_last`` and ``compile`` apply on CUDA only; logging every ``log_every`` steps, sample grids at
-    the steps in ``sample_every``, a checkpoint every ``ckpt_every`` steps (the last ``keep_last`` kept)."""
+    the steps in ``sample_every``, a checkpoint every ``ckpt_every`` steps and, when ``ckpt_every_minutes``
+    is set, also once that many minutes of wall time passed since the last one (the last ``keep_last`` kept;
+    when checkpoints are written changes nothing that is trained)."""
 
     batch_size: int = 128
     lr: float = 2e-4
@@ -102,6 +104,7 @@ class TrainConfig:
     log_every: int = 100
     sample_every: tuple[int, ...] = ()
     ckpt_every: int = 5000
+    ckpt_every_minutes: float | None = None
     keep_last: int = 3
 
 
@@ -241,6 +244,8 @@ def _validate(cfg: Config) -> None:
     _check(not (m.kind == "mlp" and m.class_cond), "model.class_cond", "false for kind 'mlp'", m.class_cond)
     for key in ("batch_size", "total_steps", "grad_accum", "log_every", "ckpt_every", "keep_last"):
         _check(getattr(t, key) >= 1, f"train.{key}", "a positive integer", getattr(t, key))
+    _check(t.ckpt_every_minutes is None or t.ckpt_every_minutes > 0, "train.ckpt_every_minutes",
+           "a positive number of minutes or null", t.ckpt_every_minutes)
     _check(t.warmup_steps >= 0, "train.warmup_steps", "a non-negative integer", t.warmup_steps)
     _check(t.lr > 0, "train.lr", "positive", t.lr)
     _check(all(0.0 <= b < 1.0 for b in t.adam_betas), "train.adam_betas", "two values in [0, 1)", list(t.adam_betas))

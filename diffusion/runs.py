@@ -1,6 +1,12 @@
-"""The run folder and the user's mistakes: one exclusive lock per run, output paths checked before any work,
-the run's history of starts and configuration changes, crash leftovers, and one-paragraph failure messages.
+"""The run folder and the user's mistakes: one exclusive lock per run, the run folder's life from lock to
+release, output paths checked before any work, the configuration compared on resume, and one-paragraph
+failure messages.
 
+- :class:`RunFolder`: the folder of one training run, owned by one process (rank 0 under DDP) from
+  :meth:`RunFolder.acquire` to :meth:`RunFolder.release`: its lock, the leftovers of interrupted writers,
+  the decision where a start begins (a checkpoint, or step 0), the outputs of an attempt that never wrote a
+  checkpoint and damaged checkpoints kept aside (never deleted), ``metrics.jsonl`` cut back to the step a
+  start begins from, ``config.json`` written atomically and ``history.jsonl``, one line per start.
 - :class:`RunLock`: ``fcntl.flock`` on ``<run>/run.lock``, which also records the holder (pid, host, start
   time, command). The operating system drops the lock when its process ends in any way (``kill -9``
   included), so a lock left by a dead process is free; its record is then reported and overwritten.
@@ -9,7 +15,6 @@ the run's history of starts and configuration changes, crash leftovers, and one-
 - :func:`resume_config_changes`: what a resumed run would change in the saved configuration; only the keys
   of :data:`RESUME_ALLOWED` (run length, logging, checkpoint and sample intervals, the data location) may
   change unless the caller allows more; the model and the diffusion never.
-- :func:`append_history`: ``<run>/history.jsonl``, one JSON line per start of the run.
 - :func:`describe_failure`: the one paragraph (and exit status) the command line prints for a failure
   the user can fix.
 - :func:`deferred_interrupt`: Ctrl-C held back while the command line starts up (torch's C extension
@@ -33,18 +38,26 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 __all__ = [
-    "DiskFullError", "LOCK_NAME", "RESUME_ALLOWED", "RunLock", "RunLockedError", "UserError", "append_history",
-    "deferred_interrupt", "describe_failure", "format_warning", "is_disk_full", "prepare_output_file",
-    "prepare_run_folder", "remove_stale_temporaries", "resume_config_changes", "settle_interrupt", "write_text_atomic",
+    "DiskFullError", "LOCK_NAME", "RESUME_ALLOWED", "RunFolder", "RunLock", "RunLockedError", "UserError",
+    "append_history", "deferred_interrupt", "describe_failure", "format_warning", "is_disk_full",
+    "prepare_output_file", "prepare_run_folder", "remove_stale_temporaries", "resume_config_changes",
+    "settle_interrupt", "write_text_atomic",
 ]
 
 LOCK_NAME = "run.lock"
 HISTORY_NAME = "history.jsonl"
+METRICS_NAME = "metrics.jsonl"
+CONFIG_NAME = "config.json"
+# What a run writes besides its lock: an attempt that never wrote a checkpoint leaves some of these behind.
+OUTPUT_FILES = (METRICS_NAME, CONFIG_NAME, HISTORY_NAME)
+OUTPUT_FOLDERS = ("samples", "checkpoints")
+ABORTED_PREFIX = "aborted-"
+DAMAGED_FOLDER = "damaged"
 # Keys that may differ between a run's saved configuration and the one it is resumed with: they decide
 # how long the run goes on, how often it logs, checkpoints and samples, and where the data lie, but not
 # what one training step computes.
-RESUME_ALLOWED = frozenset({"train.total_steps", "train.log_every", "train.ckpt_every", "train.keep_last",
-                            "train.sample_every", "data.root"})
+RESUME_ALLOWED = frozenset({"train.total_steps", "train.log_every", "train.ckpt_every", "train.ckpt_every_minutes",
+                            "train.keep_last", "train.sample_every", "data.root"})
 # Sections whose change makes a checkpoint a different model: never accepted on resume.
 RESUME_FIXED_SECTIONS = ("model", "diffusion")
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
@@ -302,6 +315,192 @@ class RunLock:
             pass
 
 
+# ---------------------------------------------------------------------------------------------------- run folder
+def append_history(folder: str | os.PathLike, record: dict) -> Path:
+    """Append one JSON line to ``<folder>/history.jsonl`` (adds ``time``, ``pid`` and ``host``). A line that a
+    killed writer left unfinished is ended first, so that it never swallows the new one."""
+    path = Path(folder) / HISTORY_NAME
+    line = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "pid": os.getpid(),
+            "host": socket.gethostname(), **record}
+    with open(path, "a+b") as f:
+        torn = False
+        if f.seek(0, os.SEEK_END) > 0:
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
+        f.write((b"\n" if torn else b"") + json.dumps(line, default=str).encode("utf-8") + b"\n")
+    return path
+
+
+def _free_name(path: Path) -> Path:
+    """``path`` if nothing is there, else the first free ``<stem>-2<suffix>``, ``<stem>-3<suffix>``, …"""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _start_record(event: str) -> dict:
+    return {"event": event, "step": None, "checkpoint": None, "config_changes": {}, "skipped_checkpoints": [],
+            "set_aside": []}
+
+
+class RunFolder:
+    """The folder of one training run, owned from :meth:`acquire` to :meth:`release`.
+
+    Layout: ``run.lock`` (:class:`RunLock`), ``config.json`` (the configuration the run uses, rewritten
+    atomically at every start), ``history.jsonl`` (one line per start), ``metrics.jsonl`` (the training log),
+    ``checkpoints/ckpt_<step>.pt``, ``checkpoints/damaged/`` (unreadable checkpoints kept aside, where the
+    retention of the last ``keep_last`` checkpoints never looks), ``samples/``, and ``aborted-<UTC time>/``
+    (the outputs of an attempt that ended before its first checkpoint).
+
+    A start goes :meth:`acquire` (the lock; hidden temporaries of interrupted writes removed; a lock left by a
+    dead process announced) → :meth:`choose_start` (the checkpoint to continue from, or step 0) →
+    :meth:`set_aside_damaged` and :meth:`resumed` when continuing → :meth:`truncate_metrics` → :meth:`begin`
+    (``config.json`` and the history line) → :meth:`log` … → :meth:`release`. Nothing a run wrote is ever
+    deleted, except those temporaries and the log lines beyond the step a start begins from (the resumed
+    run writes them again).
+
+    Under DDP every rank holds a ``RunFolder``, but only the ``owner`` (rank 0) locks the folder, looks at
+    its outputs and writes; for the other ranks those calls do nothing.
+    """
+
+    def __init__(self, path: str | os.PathLike, owner: bool = True, what: str = "out_dir"):
+        self.path = Path(path)
+        self.owner = bool(owner)
+        self.what = what
+        self.checkpoints = self.path / "checkpoints"
+        self.metrics = self.path / METRICS_NAME
+        self._lock = RunLock(self.path, what) if self.owner else None
+        self._record = _start_record("start")
+
+    def acquire(self) -> RunFolder:
+        """Lock the folder (a no-op while held, and for a rank that does not own it), remove the hidden
+        temporaries of interrupted writes and warn about a lock taken over from a dead process. Raises
+        :class:`RunLockedError` or :class:`UserError` like :meth:`RunLock.acquire`."""
+        if self._lock is None or self._lock.held:
+            return self
+        self._lock.acquire()
+        stale = self._lock.describe_stale()
+        if stale:
+            _say(f"warning: {stale}")
+        remove_stale_temporaries(self.path)
+        return self
+
+    def release(self) -> None:
+        """Drop the lock (a no-op when not held)."""
+        if self._lock is not None:
+            self._lock.release()
+
+    def leftovers(self) -> list[str]:
+        """The outputs of an earlier run in the folder: non-empty ``metrics.jsonl``, ``config.json``,
+        ``history.jsonl`` and non-empty ``samples/``, ``checkpoints/`` (folders with a trailing ``/``)."""
+        found = [name for name in OUTPUT_FILES
+                 if (self.path / name).is_file() and (self.path / name).stat().st_size > 0]
+        found += [f"{name}/" for name in OUTPUT_FOLDERS
+                  if (self.path / name).is_dir() and any((self.path / name).iterdir())]
+        return found
+
+    def choose_start(self, resume: bool | str) -> Path | None:
+        """Where a start begins: the newest checkpoint file to continue from, or ``None`` for step 0.
+
+        ``resume=False`` (a fresh run) raises :class:`UserError` when the folder holds checkpoints or the
+        outputs of an earlier run: it never mixes with them nor deletes them. ``resume=True`` or ``"auto"``
+        without a checkpoint starts from step 0; the outputs of the earlier attempt (one that ended before
+        its first checkpoint) are first moved into ``aborted-<UTC time>/``, which one line on stderr and the
+        next history line tell; ``True`` (the command line's ``--resume``) also says when there was nothing."""
+        from diffusion.checkpoint import latest_checkpoint
+
+        existing = latest_checkpoint(self.checkpoints)
+        if existing is not None:
+            if resume is False:
+                raise UserError(f"{self.what} {self.path} already holds checkpoints ({existing.name}); pass "
+                                f"resume=True (--resume) to continue that run or choose another {self.what}")
+            return existing
+        if not self.owner:
+            return None
+        found = self.leftovers()
+        if found and resume is False:
+            raise UserError(
+                f"{self.what} {self.path} holds the outputs of an earlier run that has no usable checkpoint "
+                f"({', '.join(found)}); a fresh run neither mixes with them nor deletes them. Continue with --resume "
+                f"(resume=True), which moves them into {self.path / ABORTED_PREFIX}<time>/ and starts that run again "
+                f"from step 0, or choose another {self.what} (--out)")
+        if found:
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            aborted = _free_name(self.path / f"{ABORTED_PREFIX}{stamp}")
+            aborted.mkdir()
+            for name in found:
+                os.replace(self.path / name.rstrip("/"), aborted / name.rstrip("/"))
+            self._record["set_aside"].append(str(aborted))
+            _say(f"note: {self.path} held the outputs of an attempt that ended before its first checkpoint "
+                 f"({', '.join(found)}); moved them to {aborted}; the run starts again from step 0")
+        elif resume is True:
+            _say(f"note: {self.what} {self.path} holds no checkpoint yet; --resume starts the run from step 0")
+        return None
+
+    def set_aside_damaged(self, paths) -> list[Path]:
+        """Move the checkpoint files ``paths`` (passed over as unreadable) into ``checkpoints/damaged/`` under
+        a name not yet taken there, out of the way of the retention of the last ``keep_last`` checkpoints and
+        of the checkpoints the run writes again; one line on stderr. Returns where they went."""
+        paths = [Path(p) for p in paths]
+        if not self.owner or not paths:
+            return []
+        folder = self.checkpoints / DAMAGED_FOLDER
+        folder.mkdir(exist_ok=True)
+        moved = []
+        for bad in paths:
+            moved.append(_free_name(folder / bad.name))
+            os.replace(bad, moved[-1])
+        self._record["set_aside"] += [str(p) for p in moved]
+        _say(f"note: kept the damaged checkpoint{'s' if len(paths) > 1 else ''} "
+             f"{', '.join(p.name for p in paths)} aside in {folder}")
+        return moved
+
+    def resumed(self, checkpoint: Path, config_changes: dict, skipped) -> None:
+        """The next history line records a start from ``checkpoint``, the accepted ``config_changes``
+        (``{"section.key": (saved, new)}``) and the ``skipped`` damaged checkpoints."""
+        self._record.update(event="resume", checkpoint=str(checkpoint),
+                            config_changes={k: list(v) for k, v in config_changes.items()},
+                            skipped_checkpoints=[str(p) for p in skipped])
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop the lines of ``metrics.jsonl`` beyond ``step`` (written after its checkpoint by an interrupted
+        run; all of them for a start from step 0) and lines cut short by an interruption."""
+        if not self.owner or not self.metrics.exists():
+            return
+        kept = []
+        for line in self.metrics.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+        write_text_atomic(self.metrics, "".join(line + "\n" for line in kept))
+
+    def begin(self, step: int, total_steps: int, config: dict) -> None:
+        """A training call starts at ``step``: ``config.json`` (``config``, a plain dict) rewritten atomically
+        and one line in ``history.jsonl``: ``event`` (``start``, ``resume``, or ``continue`` for a later call
+        in the same process), ``step``, ``checkpoint``, ``config_changes``, ``skipped_checkpoints``,
+        ``set_aside`` (what this start moved aside), ``total_steps``."""
+        if not self.owner:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.path / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+        append_history(self.path, {**self._record, "step": int(step), "total_steps": int(total_steps)})
+        self._record = _start_record("continue")
+
+    def log(self, record: dict) -> None:
+        """Append ``record`` as one line to ``metrics.jsonl``."""
+        if self.owner:
+            with open(self.metrics, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+
 # ---------------------------------------------------------------------------------------------------- resume
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
@@ -342,16 +541,6 @@ def resume_config_changes(saved: dict, requested: dict, allow_change: bool = Fal
                         "(--allow-config-change) to continue with the new values, which the run's "
                         "history.jsonl then records")
     return changes
-
-
-def append_history(folder: str | os.PathLike, record: dict) -> Path:
-    """Append one JSON line to ``<folder>/history.jsonl`` (adds ``time``, ``pid`` and ``host``)."""
-    path = Path(folder) / HISTORY_NAME
-    line = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "pid": os.getpid(),
-            "host": socket.gethostname(), **record}
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(line, default=str) + "\n")
-    return path
 
 
 # ---------------------------------------------------------------------------------------------------- failures

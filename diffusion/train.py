@@ -20,7 +20,6 @@ gives the same losses step for step as one that was not interrupted.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import signal
@@ -46,9 +45,7 @@ from diffusion.data import InfiniteBatches, load_dataset
 from diffusion.ema import EMA
 from diffusion.fast import configure_backends
 from diffusion.report import image_grid
-from diffusion.runs import (
-    RunLock, UserError, append_history, remove_stale_temporaries, resume_config_changes, write_text_atomic,
-)
+from diffusion.runs import RunFolder, resume_config_changes
 from diffusion.samplers import SAMPLERS, sample
 
 __all__ = [
@@ -269,39 +266,36 @@ def save_sample_grid(images: torch.Tensor, path: str | os.PathLike, labels: torc
 
 
 class Trainer:
-    """Trains ``build_model(cfg, data)`` on ``data`` with the settings of ``cfg.train`` and writes to ``out_dir``:
+    """Trains ``build_model(cfg, data)`` on ``data`` with the settings of ``cfg.train`` and writes to the run
+    folder ``out_dir``, a ``diffusion.runs.RunFolder`` locked from construction to the end of :meth:`train`
+    (and again by every later :meth:`train` call; a second process gets ``RunLockedError`` naming the holder):
 
     - ``metrics.jsonl``: every ``log_every`` steps one JSON line with ``step``, ``loss`` (mean L_simple
       over the interval), ``ema_loss`` (exponential moving average of the per-step loss, factor 0.99),
       ``lr``, ``grad_norm`` (mean, before clipping), ``images_per_s``, ``elapsed_s``;
-    - ``checkpoints/ckpt_<step>.pt`` every ``ckpt_every`` steps, at the end and on SIGINT/SIGTERM (the last
-      ``keep_last`` kept);
+    - ``checkpoints/ckpt_<step>.pt`` every ``ckpt_every`` steps, also once ``ckpt_every_minutes`` of wall
+      time passed since the last one (when set), at the end and on SIGINT/SIGTERM (the last ``keep_last``
+      kept); writing one changes nothing that is trained;
     - ``samples/step_<step>.png`` and ``.npz`` at the steps listed in ``sample_every``: ``sample_num``
       images from the EMA weights with fixed noise (seed ``cfg.train.seed``), sampler ``sample_sampler``
       with ``sample_steps`` steps; class-conditional models get labels 0, 1, …, K−1, 0, 1, …;
-    - ``config.json``: the configuration the run uses (rewritten atomically at every start);
-    - ``history.jsonl``: one line per start (``event`` ``start`` or ``resume``, ``step``, ``checkpoint``,
-      ``config_changes`` ``{"section.key": [saved, new]}`` accepted on resume, ``skipped_checkpoints``);
-    - ``run.lock``: the lock of ``diffusion.runs.RunLock``, held from construction to the end of
-      :meth:`train` (and again by every later :meth:`train` call); a second process gets
-      ``RunLockedError`` naming the holder's pid and host.
+    - ``config.json``, ``history.jsonl`` (one line per start), ``run.lock``, ``checkpoints/damaged/``,
+      ``aborted-<time>/``: see ``RunFolder``.
 
-    Every start removes the hidden temporaries of interrupted writes and truncates ``metrics.jsonl`` to the
-    step it starts from. A fresh run (``resume=False``) refuses a folder that holds an earlier run's
-    checkpoints or outputs (``metrics.jsonl``, ``config.json``, ``history.jsonl``, ``samples/``): it never
-    mixes with them nor deletes them. A resumed run falls back from a damaged newest checkpoint to the newest
-    readable one (warning; the damaged file is renamed ``*.damaged``), and compares the full saved
-    configuration with ``cfg``: ``model.*``/``diffusion.*`` must match, other keys outside
-    ``diffusion.runs.RESUME_ALLOWED`` only with ``allow_config_change``.
+    A resumed run compares the full saved configuration with ``cfg``: ``model.*``/``diffusion.*`` must match,
+    other keys outside ``diffusion.runs.RESUME_ALLOWED`` only with ``allow_config_change``. After a kill at
+    any instant ``resume=True`` continues, and on the CPU ends with the weights of an uninterrupted run.
 
     Args:
         cfg: a ``diffusion.config.Config``.
         data: an ``ImageData``; default ``load_dataset(cfg.data.name, "train", cfg.data.root, image_size=cfg.data.image_size)``.
         out_dir: run folder (default ``runs/<cfg.name>``).
         device: ``"cpu"``, ``"cuda"``…; default CUDA when available (under torchrun: ``cuda:<LOCAL_RANK>``).
-        resume: ``False`` (fresh run; an existing checkpoint in ``out_dir`` is an error), ``True`` (continue
-            from the newest checkpoint in ``out_dir``; error if none) or ``"auto"`` (continue if one exists,
-            else start from step 0 in the same folder, truncating what an attempt without a checkpoint left).
+        resume: ``False`` (a fresh run: a folder holding an earlier run's checkpoints or outputs is refused),
+            ``True`` (``--resume``: continue from the newest readable checkpoint, damaged newer ones skipped with
+            a warning and kept in ``checkpoints/damaged/``; without one, start from step 0, the outputs of an
+            earlier attempt moved into ``aborted-<time>/``) or ``"auto"`` (the same, without the note that a
+            folder without outputs starts from step 0); see ``RunFolder.choose_start``.
         allow_config_change: accept resuming with changed settings outside ``RESUME_ALLOWED`` (not the model
             or diffusion); the new values are used and recorded in ``history.jsonl``.
         progress: show the tqdm bar (rank 0 only).
@@ -310,8 +304,8 @@ class Trainer:
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in DistributedDataParallel; each rank trains
     on its own slice of every global batch with its own noise seed, the per-rank batch is
-    ``batch_size / world_size`` (which must divide),
-    rank 0 logs, samples and writes checkpoints.
+    ``batch_size / world_size`` (which must divide); rank 0 owns the run folder: it alone locks it, logs,
+    samples and writes checkpoints.
     """
 
     def __init__(self, cfg, data=None, out_dir: str | os.PathLike | None = None, device=None,
@@ -338,9 +332,6 @@ class Trainer:
             raise ValueError(f"train.batch_size={tc.batch_size} must be divisible by world_size × grad_accum "
                              f"= {world} × {tc.grad_accum}")
         self.local_batch = tc.batch_size // world
-        self.out_dir = Path(out_dir) if out_dir is not None else Path("runs") / cfg.name
-        self.ckpt_dir = self.out_dir / "checkpoints"
-        self.metrics_path = self.out_dir / "metrics.jsonl"
         self.progress = progress
         if sample_sampler not in SAMPLERS:  # checked now, not at the first sample_every step
             raise ValueError(f"sample_sampler must be one of {SAMPLERS}, got {sample_sampler!r}")
@@ -356,25 +347,20 @@ class Trainer:
             warnings.warn(f"train.compile={self.compile!r} is ignored on {self.device.type}", stacklevel=2)
             self.compile = False
         self.allow_config_change = bool(allow_config_change)
-        self._lock = RunLock(self.out_dir) if self.is_main else None
-        self._take_lock()
+        self.folder = RunFolder(out_dir if out_dir is not None else Path("runs") / cfg.name, owner=self.is_main)
+        self.out_dir, self.ckpt_dir = self.folder.path, self.folder.checkpoints
+        self.metrics_path = self.folder.metrics
+        self.folder.acquire()
         try:
             self._setup(data, resume)
         except BaseException:
-            self._release_lock()
+            self.folder.release()
             raise
 
     def _setup(self, data, resume) -> None:
         cfg, tc, world = self.cfg, self.cfg.train, self.dist.world_size
         cuda = self.device.type == "cuda"
-        existing = latest_checkpoint(self.ckpt_dir)  # the folder is checked before the data are loaded
-        if resume is True and existing is None:
-            raise CheckpointError(f"--resume: no checkpoint to resume from in {self.ckpt_dir}")
-        if resume is False and existing is not None:
-            raise ValueError(f"out_dir {self.out_dir} already holds checkpoints ({existing.name}); pass "
-                             "resume=True (--resume) to continue that run or choose another out_dir")
-        if resume is False:
-            self._refuse_leftovers()
+        existing = self.folder.choose_start(resume)  # the folder is checked before the data are loaded
         # Model initialisation is identical on every rank; the training randomness differs per rank.
         torch.manual_seed(tc.seed)
         np.random.seed(tc.seed)
@@ -400,12 +386,9 @@ class Trainer:
         self.step = 0
         self.elapsed_s = 0.0
         self.last_checkpoint: Path | None = None
-        self._start = {"event": "start", "step": 0, "checkpoint": None, "config_changes": {},
-                       "skipped_checkpoints": []}
-
-        if resume and existing is not None:
+        if existing is not None:
             self._load()
-        self._truncate_metrics()
+        self.folder.truncate_metrics(self.step)
 
         net = self.model
         if world > 1:
@@ -419,39 +402,9 @@ class Trainer:
             compile="step" if self.compile == "step" else False)
         self._stop_signal: int | None = None
 
-    # ------------------------------------------------------------------ the run folder
-    def _take_lock(self) -> None:
-        """Lock the run folder (rank 0) and remove what interrupted writers left; warn about a lock taken
-        over from a dead process."""
-        if self._lock is None or self._lock.held:
-            return
-        self._lock.acquire()
-        stale = self._lock.describe_stale()
-        if stale:
-            tqdm.write(f"warning: {stale}", file=sys.stderr)
-        remove_stale_temporaries(self.out_dir)
-
-    def _release_lock(self) -> None:
-        if self._lock is not None:
-            self._lock.release()
-
     def close(self) -> None:
         """Release the run folder's lock now (it is released at the end of :meth:`train` anyway)."""
-        self._release_lock()
-
-    def _refuse_leftovers(self) -> None:
-        """A fresh run never mixes with, or deletes, the outputs of an earlier run in its folder."""
-        if not self.is_main:
-            return
-        found = [name for name in ("metrics.jsonl", "config.json", "history.jsonl")
-                 if (self.out_dir / name).is_file() and (self.out_dir / name).stat().st_size > 0]
-        for sub in ("samples", "checkpoints"):
-            if (self.out_dir / sub).is_dir() and any((self.out_dir / sub).iterdir()):
-                found.append(f"{sub}/")
-        if found:
-            raise UserError(f"out_dir {self.out_dir} holds the outputs of an earlier run that has no usable "
-                            f"checkpoint ({', '.join(found)}); a fresh run neither mixes with them nor deletes "
-                            "them. Delete them or choose another out_dir (--out)")
+        self.folder.release()
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
@@ -490,9 +443,8 @@ class Trainer:
         """Resume from the newest readable checkpoint of ``ckpt_dir`` (RNG and data states stay on the CPU)."""
         required = ("step", "model", "ema", "optimizer", "train_state", "rank_states", "world_size", "config")
         state, path, skipped = load_newest_readable(self.ckpt_dir, map_location="cpu", required=required)
-        if self.is_main:
-            for bad, _ in skipped:  # out of the way of keep_last, kept for inspection
-                os.replace(bad, bad.with_name(bad.name + ".damaged"))
+        skipped = [bad for bad, _ in skipped]
+        self.folder.set_aside_damaged(skipped)
         try:
             saved = config_to_dict(config_from_checkpoint(state["config"]))
         except (ValueError, TypeError) as err:
@@ -515,9 +467,7 @@ class Trainer:
         if any(k.startswith("train.adam_betas") for k in changes):
             for group in self.optimizer.param_groups:
                 group["betas"] = tuple(tc.adam_betas)
-        self._start = {"event": "resume", "step": int(state["step"]), "checkpoint": str(path),
-                       "config_changes": {k: list(v) for k, v in changes.items()},
-                       "skipped_checkpoints": [str(p) for p, _ in skipped]}
+        self.folder.resumed(path, changes, skipped)
         # Optimizer moments take their parameter's memory layout (channels_last) for the fused kernels.
         for group in self.optimizer.param_groups:
             for p in group["params"]:
@@ -541,20 +491,6 @@ class Trainer:
                            f"{self.dist.world_size}; model and optimizer restored, data order reseeded",
                            file=sys.stderr)
         self.last_checkpoint = path
-
-    def _truncate_metrics(self) -> None:
-        """Drop metric lines beyond the step this start begins from (written after the checkpoint by an
-        interrupted run; all of them for a start from step 0)."""
-        if not self.is_main or not self.metrics_path.exists():
-            return
-        kept = []
-        for line in self.metrics_path.read_text().splitlines():
-            try:
-                if json.loads(line)["step"] <= self.step:
-                    kept.append(line)
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue  # a line cut short by the interruption
-        write_text_atomic(self.metrics_path, "".join(line + "\n" for line in kept))
 
     # ------------------------------------------------------------------ faults
     def _check_finite(self, first_bad: torch.Tensor | int | None) -> None:
@@ -593,9 +529,8 @@ class Trainer:
         record = {"step": self.step, "loss": values["loss"], "ema_loss": values["ema_loss"], "lr": lr,
                   "grad_norm": values["grad_norm"], "images_per_s": images / seconds if seconds > 0 else None,
                   "elapsed_s": round(self.elapsed_s, 3)}
+        self.folder.log(record)
         if self.is_main:
-            with open(self.metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
             pbar.set_postfix(loss=f"{record['loss']:.4f}", ema=f"{record['ema_loss']:.4f}",
                              img_s=f"{record['images_per_s'] or 0:.0f}", refresh=False)
         return record
@@ -638,24 +573,19 @@ class Trainer:
         total = int(tc.total_steps if total_steps is None else total_steps)
         if total < 1:
             raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
-        self._take_lock()  # held already after construction; taken again by a later call
+        self.folder.acquire()  # held already after construction; taken again by a later call
         try:
             return self._train(total)
         finally:
-            self._release_lock()
+            self.folder.release()
 
     def _train(self, total: int) -> dict:
         tc = self.cfg.train
         sample_at = {int(s) for s in tc.sample_every}
-        if self.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(self.out_dir / "config.json", json.dumps(config_to_dict(self.cfg), indent=2) + "\n")
-            append_history(self.out_dir, {**self._start, "step": self.step, "total_steps": total})
-            self._start = {"event": "continue", "checkpoint": None, "config_changes": {},
-                           "skipped_checkpoints": []}  # a later train() call continues in memory
+        self.folder.begin(self.step, total, config_to_dict(self.cfg))
         samples, last = [], {"loss": None, "ema_loss": None}
         start_step, wall0 = self.step, time.perf_counter()
-        mark_time, mark_step, paused = wall0, self.step, 0.0
+        mark_time, mark_step, paused, last_save = wall0, self.step, 0.0, wall0
         deterministic = self.device.type == "cpu"
         was_deterministic = torch.are_deterministic_algorithms_enabled()
         pbar = tqdm(total=total, initial=self.step, disable=not (self.progress and self.is_main),
@@ -685,10 +615,11 @@ class Trainer:
                         t0 = time.perf_counter()
                         samples.extend(self._sample_grid())
                         paused += time.perf_counter() - t0
-                    if stop or self.step % tc.ckpt_every == 0 or self.step == total:
+                    if self._checkpoint_due(total, stop, last_save):
                         t0 = time.perf_counter()
                         self.save()
-                        paused += time.perf_counter() - t0
+                        last_save = time.perf_counter()
+                        paused += last_save - t0
                     if stop:
                         break
         finally:
@@ -708,6 +639,22 @@ class Trainer:
             "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
             "metrics": str(self.metrics_path), "samples": [str(p) for p in samples],
         }
+
+    def _checkpoint_due(self, total: int, stop: bool, last_save: float) -> bool:
+        """Whether this step ends with a checkpoint: every ``ckpt_every`` steps, at the end, on a stop signal,
+        and once ``ckpt_every_minutes`` of wall time passed since ``last_save`` (under DDP the ranks agree on
+        that every ``log_every`` steps, by one collective)."""
+        tc = self.cfg.train
+        if stop or self.step % tc.ckpt_every == 0 or self.step == total:
+            return True
+        if tc.ckpt_every_minutes is None:
+            return False
+        late = time.perf_counter() - last_save >= 60.0 * tc.ckpt_every_minutes
+        if self.dist.world_size == 1:
+            return late
+        if self.step % tc.log_every:
+            return False
+        return bool(distributed.all_reduce_max(torch.tensor(float(late), device=self.device)).item())
 
     def _stop_requested(self, log_every: int) -> bool:
         """Single process: whether a signal arrived. Under DDP the ranks agree (every ``log_every`` steps)."""

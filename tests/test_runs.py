@@ -393,13 +393,15 @@ def test_fresh_run_refuses_a_folder_with_an_old_run(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n")
-    with pytest.raises(UserError, match=r"outputs of an earlier run .*metrics\.jsonl.*Delete them or choose"):
+    with pytest.raises(UserError, match=r"outputs of an earlier run .*metrics\.jsonl.*Continue with --resume"):
         Trainer(tiny_cfg(), data=tiny_data(), out_dir=run, device="cpu", progress=False)
     assert (run / "metrics.jsonl").read_text().count("\n") == 1  # nothing deleted
-    # resume="auto" without a checkpoint starts from step 0: the stale lines go
+    # resume="auto" without a checkpoint starts from step 0: the stale lines are kept aside
     Trainer(tiny_cfg(total_steps=2), data=tiny_data(), out_dir=run, device="cpu", resume="auto",
             progress=False).train()
     assert [m["step"] for m in read_metrics(run)] == [1, 2] and read_metrics(run)[0]["loss"] != 1.0
+    [aborted] = run.glob("aborted-*")
+    assert read_metrics(aborted) == [{"step": 1, "loss": 1.0}]
 
 
 # ---------------------------------------------------------------------------------------------------- damaged, mode
@@ -409,18 +411,21 @@ def test_damaged_newest_checkpoint_falls_back_and_resumes_exactly(tmp_path, caps
     part = tmp_path / "part"
     _trained(part, steps=4)
     newest = checkpoint_path(part / "checkpoints", 4)
-    newest.write_bytes(newest.read_bytes()[:1000])  # torn by a crash of the storage
+    torn = newest.read_bytes()[:1000]
+    newest.write_bytes(torn)  # torn by a crash of the storage
     with pytest.warns(DamagedCheckpointWarning, match="ckpt_0000004.pt"):
         tr = Trainer(tiny_cfg(total_steps=4, ckpt_every=2), data=tiny_data(), out_dir=part, device="cpu",
                      resume=True, progress=False)
     assert tr.step == 2
-    assert (part / "checkpoints" / "ckpt_0000004.pt.damaged").is_file()
+    kept = part / "checkpoints" / "damaged" / "ckpt_0000004.pt"
+    assert kept.read_bytes() == torn
     tr.train()
     a, b = read_metrics(full), read_metrics(part)
     assert [m["step"] for m in b] == [1, 2, 3, 4]
     assert [(m["loss"], m["grad_norm"]) for m in a] == [(m["loss"], m["grad_norm"]) for m in b]  # bitwise
     history = json.loads((part / "history.jsonl").read_text().splitlines()[-1])
     assert history["skipped_checkpoints"] == [str(newest)] and history["step"] == 2
+    assert history["set_aside"] == [str(kept)] and kept.read_bytes() == torn  # the new ckpt_0000004.pt beside it
     # sample/evaluate from a folder fall back as well, with a warning
     newest.write_bytes(b"not a zip")
     with warnings.catch_warnings(record=True) as caught:

@@ -141,8 +141,9 @@ def test_resume_rejects_other_architecture(tmp_path):
     from diffusion.checkpoint import CheckpointError
     with pytest.raises(CheckpointError, match="model.ch"):
         Trainer(other, data=tiny_data(), out_dir=tmp_path, device="cpu", resume=True, progress=False)
-    with pytest.raises(CheckpointError, match="no checkpoint"):
-        Trainer(tiny_cfg(), data=tiny_data(), out_dir=tmp_path / "empty", device="cpu", resume=True, progress=False)
+    # without a checkpoint there is nothing to compare: the run starts from step 0 (tests/test_crash_only.py)
+    assert Trainer(tiny_cfg(), data=tiny_data(), out_dir=tmp_path / "empty", device="cpu", resume=True,
+                   progress=False).step == 0
 
 
 def test_batch_must_divide_into_accumulation():

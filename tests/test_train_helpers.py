@@ -260,7 +260,6 @@ def test_trainer_arguments_are_named(tmp_path):
         (dict(sample_sampler="euler"), ValueError,
          "sample_sampler must be one of ('ancestral', 'ddim', 'dpmpp2m'), got 'euler'"),
         (dict(compile="graph"), ValueError, "compile must be one of (False, 'model', 'step') or True, got 'graph'"),
-        (dict(resume=True), ValueError, f"--resume: no checkpoint to resume from in {tmp_path / 'checkpoints'}"),
     ]
     for kw, error, message in cases:
         with pytest.raises(error, match=exact(message)):
@@ -294,8 +293,9 @@ def test_fresh_run_refuses_an_earlier_runs_outputs(tmp_path):
     (tmp_path / "samples" / "x.png").write_bytes(b"")
     with pytest.raises(ValueError, match=exact(
             f"out_dir {tmp_path} holds the outputs of an earlier run that has no usable checkpoint (metrics.jsonl, "
-            "config.json, history.jsonl, samples/); a fresh run neither mixes with them nor deletes them. Delete "
-            "them or choose another out_dir (--out)")):
+            "config.json, history.jsonl, samples/); a fresh run neither mixes with them nor deletes them. Continue "
+            f"with --resume (resume=True), which moves them into {tmp_path}/aborted-<time>/ and starts that run "
+            "again from step 0, or choose another out_dir (--out)")):
         Trainer(tiny_cfg(), data=tiny_data(), out_dir=tmp_path, device="cpu", progress=False)
 
 
@@ -394,11 +394,11 @@ def test_history_records_each_start_whole(tmp_path):
         del record["time"], record["pid"], record["host"]
     assert history == [
         {"event": "start", "step": 0, "checkpoint": None, "config_changes": {}, "skipped_checkpoints": [],
-         "total_steps": 1},
+         "set_aside": [], "total_steps": 1},
         {"event": "resume", "step": 1, "checkpoint": str(path), "config_changes": {}, "skipped_checkpoints": [],
-         "total_steps": 2},
+         "set_aside": [], "total_steps": 2},
         {"event": "continue", "step": 2, "checkpoint": None, "config_changes": {}, "skipped_checkpoints": [],
-         "total_steps": 3},
+         "set_aside": [], "total_steps": 3},
     ]
 
 
@@ -649,11 +649,10 @@ def test_taking_over_a_dead_runs_lock_is_announced(tmp_path, capsys):
 
 def test_metrics_are_truncated_to_the_start_step(tmp_path):
     tr = _trainer(tmp_path)
-    tr.step = 2
     lines = [json.dumps({"step": s, "loss": 1.0}) for s in (1, 2)]
     (tmp_path / "metrics.jsonl").write_text("\n".join([lines[0], '{"step": 1, "lo', lines[1],
                                                        json.dumps({"step": 3}), '{"no step": 0}', "[1]"]) + "\n")
-    tr._truncate_metrics()
+    tr.folder.truncate_metrics(2)
     assert (tmp_path / "metrics.jsonl").read_text() == lines[0] + "\n" + lines[1] + "\n"
     tr.close()
 
