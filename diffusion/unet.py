@@ -115,7 +115,9 @@ class ResBlock(nn.Module):
 
 class AttnBlock(nn.Module):
     """Self-attention over the H·W positions (section 3.1.2): GN, 1×1 conv to Q, K, V,
-    softmax(QKᵀ/√d_k)V per head, zero-initialised 1×1 output projection, residual connection."""
+    softmax(QKᵀ/√d_k)V per head, zero-initialised 1×1 output projection, residual connection. The 1×1
+    convolutions keep their ``Conv2d`` parameters (DDPM's checkpoint layout) and are computed as matrix
+    products over the tokens."""
 
     def __init__(self, channels: int, num_heads: int):
         super().__init__()
@@ -126,11 +128,16 @@ class AttnBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, height, width = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, height * width)
-        q, k, v = qkv.transpose(-1, -2).unbind(dim=1)  # each (B, heads, HW, d_k)
+        heads, hw = self.num_heads, height * width
+        # The 1×1 convolutions are applied as matrix products on the (B, HW, C) tokens (their weights viewed
+        # as C_out × C_in): the same function, without the per-call layout conversions of a CPU convolution.
+        tokens = self.norm(x).reshape(b, c, hw).transpose(1, 2)
+        qkv = F.linear(tokens, self.qkv.weight.flatten(1), self.qkv.bias)  # (B, HW, 3C)
+        # (3, B, heads, HW, d_k), contiguous along d_k: the layout the fused attention kernel takes
+        q, k, v = qkv.reshape(b, hw, 3, heads, c // heads).permute(2, 0, 3, 1, 4).contiguous().unbind(dim=0)
         out = F.scaled_dot_product_attention(q, k, v)  # softmax(QKᵀ/√d_k) V
-        out = out.transpose(-1, -2).reshape(b, c, height, width)
-        return x + self.proj_out(out)
+        out = F.linear(out.transpose(1, 2).reshape(b, hw, c), self.proj_out.weight.flatten(1), self.proj_out.bias)
+        return x + out.transpose(1, 2).reshape(b, c, height, width)
 
 
 class Downsample(nn.Module):
