@@ -7,7 +7,8 @@ file and ``--set``-style overrides::
      "stage": {"num": 16, "steps": 50, "sampler": "ancestral"}}
 
 ``stage`` sets the samples the trainer draws at
-``train.sample_every`` (default 16 images, DDIM with min(50, T) steps).
+``train.sample_every`` (default 16 images, DDIM with min(50, T) steps); ``sampling: {compile: true}`` makes
+:func:`generate` sample through ``torch.compile`` (:meth:`TrainedModel.network`; not part of the trained model's key).
 
 :func:`trained_model` trains it through :func:`diffusion.train.train` inside :meth:`Artefacts.cached`
 under the key of notebook ``04_training`` (config without its bookkeeping settings, data digest, stage samples,
@@ -117,6 +118,20 @@ class TrainedModel:
     summary: dict
     metrics: list = field(default_factory=list)
     stage_sampler: str = "ddim"     # the sampler of the stage samples (``stage.sampler`` of the spec)
+    compile_sampling: bool = False  # sample through ``torch.compile`` (``sampling.compile`` of the spec)
+    _compiled: dict = field(default_factory=dict, repr=False)
+
+    def network(self, use_ema: bool = True) -> torch.nn.Module:
+        """What :func:`generate` samples with: the EMA (or raw) weights, through ``torch.compile`` when
+        ``compile_sampling`` (compiled once per process, on first use). On a 2-core CPU the compiled U-Net
+        samples 1.45x as fast as diffusers' eager ``UNet2DModel`` and our eager one 0.98x
+        (``benchmarks/cpu_vs_diffusers.py``); compiling costs about half a minute per batch shape."""
+        net = self.model if use_ema else self.raw_model
+        if not self.compile_sampling:
+            return net
+        if use_ema not in self._compiled:
+            self._compiled[use_ema] = torch.compile(net, dynamic=False)
+        return self._compiled[use_ema]
 
     @property
     def run_dir(self) -> Path:
@@ -204,7 +219,8 @@ def trained_model(art: Artefacts, spec: dict, which: str, dev: torch.device | No
         if metrics_path.is_file() else []
     null_class = model.num_classes if cfg.model.class_cond else None
     return TrainedModel(which, cfg, model, raw, build_diffusion(cfg), data, null_class, entry, entry.result, metrics,
-                        stage_sampler=stage_sampler)
+                        stage_sampler=stage_sampler,
+                        compile_sampling=bool((spec.get("sampling") or {}).get("compile", False)))
 
 
 @torch.no_grad()
@@ -232,13 +248,14 @@ def generate(art: Artefacts, tm: TrainedModel, n: int, *, sampler: str = "ddim",
         diffusion = GaussianDiffusion(tm.diffusion.betas, tm.diffusion.model_mean_type, var_type, tm.diffusion.loss_type)
     key = {"recipe": RECIPE, "model": tm.entry.key, "n": n, "sampler": sampler, "steps": steps, "eta": eta, "w": guidance_scale,
            "y": None if labels is None else labels.tolist(), "seed": seed, "ema": use_ema, "var": var_type,
-           "tag": tag}
+           "tag": tag} | ({"compiled": True} if tm.compile_sampling else {})
 
     def work(folder: Path) -> dict:
-        model = tm.model if use_ema else tm.raw_model
-        dev = next(model.parameters()).device
+        model = tm.network(use_ema)
+        plain = tm.model if use_ema else tm.raw_model
+        dev = next(plain.parameters()).device
         gen = torch.Generator(device=dev).manual_seed(seed)
-        c, s = model.in_channels, model.image_size
+        c, s = plain.in_channels, plain.image_size
         out, t0 = [], time.perf_counter()
         for lo in range(0, n, batch_size):
             hi = min(n, lo + batch_size)

@@ -92,7 +92,8 @@ def test_trained_model_key_covers_config_data_and_torch(monkeypatch):
 
 def test_generated_set_key_covers_the_sampler_code(pkg):
     rec = KeyRecorder()
-    tm = type("TM", (), {"diffusion": None, "cfg": None, "entry": type("E", (), {"key": "model-key"})()})()
+    tm = type("TM", (), {"diffusion": None, "cfg": None, "entry": type("E", (), {"key": "model-key"})(),
+                         "compile_sampling": False})()
     with pytest.raises(_Captured):
         experiments.generate(rec, tm, 4, sampler="ddim", steps=3)
     parts, producer, modules, _ = rec.calls[0]

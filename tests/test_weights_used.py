@@ -170,3 +170,39 @@ def test_experiments_trained_model_and_generate_use_ema_weights(run_dir, tmp_pat
     experiments.generate(art, tm, 2, steps=2, use_ema=False, tag="raw")
     assert len(spy.seen) == 2
     assert torch.equal(spy.seen[0], ema) and torch.equal(spy.seen[1], raw_w)
+
+
+def test_generate_samples_through_the_compiled_network_when_the_spec_asks(run_dir, tmp_path, monkeypatch):
+    """``sampling: {compile: true}``: generate() samples with torch.compile of the EMA (or raw) network, once per
+    network, and keys its samples apart from eager ones; without it nothing is compiled."""
+    monkeypatch.setattr(experiments, "load_run_config", lambda spec: tiny_cfg())
+    monkeypatch.setattr(experiments, "load_data", lambda spec, split="train", cfg=None: tiny_data())
+    entry = tmp_path / "entry"
+    entry.mkdir()
+    (entry / "run").symlink_to(run_dir, target_is_directory=True)
+    compiled, keys = [], []
+
+    def fake_compile(net, **kwargs):
+        compiled.append((net, kwargs))
+        return net
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+
+    class FakeArt:
+        def cached(self, key, work, kind=None, producer=None, modules=None, fingerprint=None):
+            if kind.startswith("train"):
+                return types.SimpleNamespace(path=entry, key="k", result={})
+            keys.append(key)
+            folder = tmp_path / f"{kind}{len(keys)}"
+            folder.mkdir()
+            return types.SimpleNamespace(path=folder, key=kind, result=work(folder))
+
+    eager = experiments.trained_model(FakeArt(), {}, "cond", dev=torch.device("cpu"))
+    experiments.generate(FakeArt(), eager, 2, steps=2)
+    assert compiled == [] and "compiled" not in keys[-1]
+    tm = experiments.trained_model(FakeArt(), {"sampling": {"compile": True}}, "cond", dev=torch.device("cpu"))
+    experiments.generate(FakeArt(), tm, 2, steps=2)
+    experiments.generate(FakeArt(), tm, 2, steps=2, seed=1)
+    experiments.generate(FakeArt(), tm, 2, steps=2, use_ema=False)
+    assert [net for net, _ in compiled] == [tm.model, tm.raw_model] and compiled[0][1] == {"dynamic": False}
+    assert keys[-1]["compiled"] is True and {k: v for k, v in keys[1].items() if k != "compiled"} == keys[0]
