@@ -30,8 +30,8 @@ import torch
 
 from diffusion.report import Artefacts, CacheEntry, repo_root
 
-__all__ = ["BOOKKEEPING", "TrainedModel", "device", "generate", "load_data", "load_run_config", "model_spec", "nearest_neighbours",
-           "proxy_classifier", "train_toy", "trained_model", "training_key", "variant_spec", "with_overrides"]
+__all__ = ["BOOKKEEPING", "FeatureSpace", "TrainedModel", "device", "generate", "load_data", "load_run_config", "model_spec", "nearest_neighbours",
+           "proxy_classifier", "train_toy", "trained_model", "training_key", "uncond_feature_space", "variant_spec", "with_overrides"]
 
 TRAIN_PRODUCER = "04_training"
 RECIPE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
@@ -101,6 +101,55 @@ def proxy_classifier(spec: dict, steps: int | None = None, dev: torch.device | N
     if steps is not None:
         ccfg = dataclasses.replace(ccfg, steps=int(steps))
     return cached_classifier(train, test, ccfg, dev or device()), test
+
+
+@dataclass
+class FeatureSpace:
+    """The feature space an unconditional model's FD and KID are measured in: ``features(images)`` (uint8
+    N×C×H×W at the model's size → float64 N×128) and the held-out ``reference`` features, with a ``name`` and
+    the ``why`` a report states."""
+
+    name: str
+    why: str
+    features: object
+    reference: np.ndarray
+    classifier: object
+
+
+def uncond_feature_space(uncond: dict, cond: dict, steps: int | None = None) -> FeatureSpace:
+    """The feature space of the unconditional model of ``uncond``.
+
+    Data with classes (MNIST-5k) have their own proxy classifier (:func:`proxy_classifier`), whose penultimate
+    features carry the classifier FD and KID. Data without classes (the CelebA subset) have none; they are
+    measured in the features of the conditional spec's proxy classifier (the CIFAR-10 copy's), on images
+    average-pooled to its input size: a network trained on natural images of *another* dataset, as FID measures
+    CelebA in the features of an Inception network trained on ImageNet. Its reference is the held-out split of
+    the unconditional data, pooled the same way."""
+    from diffusion.metrics.classifier import classifier_features
+
+    ucfg = load_run_config(uncond)
+    test = load_data(uncond, "test", ucfg)
+    own = test.num_classes > 0
+    clf, clf_test = proxy_classifier(uncond if own else cond, steps)
+    size = clf_test.image_size
+    if test.images.shape[1] != clf_test.images.shape[1] or test.image_size % size:
+        raise ValueError(f"cannot measure {test.label} ({tuple(test.images.shape[1:])}) in the features of the "
+                         f"{clf.dataset_label} classifier ({tuple(clf_test.images.shape[1:])})")
+
+    def features(images) -> np.ndarray:
+        images = torch.as_tensor(np.asarray(images))
+        factor = images.shape[-1] // size
+        if factor > 1:
+            images = torch.nn.functional.avg_pool2d(images.float(), factor).round().clamp(0, 255).to(torch.uint8)
+        return classifier_features(clf, images)
+
+    if own:
+        name, why = f"{clf.dataset_label} 代理分类器特征", "该数据集自身有类别标签，代理分类器在其训练集上训练"
+    else:
+        name = f"{clf.dataset_label} 代理分类器特征（图像平均池化到 {size}×{size}）"
+        why = (f"{test.label} 没有类别标签，无法训练自身的代理分类器；改用在另一数据集（{clf.dataset_label}）的自然图像上"
+               "训练的分类器特征，正如 FID 用 ImageNet 上训练的 Inception 网络度量 CelebA")
+    return FeatureSpace(name, why, features, features(test.images), clf)
 
 
 @dataclass
