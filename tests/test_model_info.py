@@ -62,6 +62,8 @@ def _hand_flops(model, image_size, in_channels):
         nonlocal total
         _, c, h, w = args[0].shape
         total += 2 * 2 * (h * w) ** 2 * c  # QKᵀ and AV, summed over heads
+        # the 1×1 projections to Q, K, V and back, computed with their Conv2d weights (no module call, no hook)
+        total += 2 * (h * w) * c * 3 * c + 2 * (h * w) * c * c
 
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
