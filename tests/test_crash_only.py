@@ -27,7 +27,7 @@ from diffusion.runs import RESUME_ALLOWED, UserError, append_history
 from diffusion.train import Trainer
 from tests.messages import exact
 from tests.test_cli import TINY
-from tests.test_train import read_metrics, tiny_cfg, tiny_data
+from tests.test_train import read_metrics, tiny_cfg, tiny_data, train_with_signal
 from tests.test_train_helpers import _clocked
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -244,19 +244,7 @@ def test_a_stop_signal_after_the_first_step_writes_the_first_checkpoint(tmp_path
     full = _uninterrupted(tmp_path / "full", total_steps=4, ckpt_every=100)
     tr = Trainer(tiny_cfg(total_steps=4, ckpt_every=100), data=tiny_data(), out_dir=tmp_path / "run", device="cpu",
                  progress=False)
-    inner = tr.train_step
-
-    def step_then_signal(x, y):
-        out = inner(x, y)
-        if tr.step == 0:
-            os.kill(os.getpid(), sig)
-        return out
-
-    tr.train_step = step_then_signal
-    try:
-        result = tr.train()
-    except KeyboardInterrupt:  # caught here: pytest would take it for the user stopping the run
-        pytest.fail("one stop signal interrupted the run instead of ending it after the step")
+    result = train_with_signal(tr, after_step=1, sig=sig)
     assert (result["step"], result["interrupted"]) == (1, sig.name)
     assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")] == ["ckpt_0000001.pt"]
     resumed = Trainer(tiny_cfg(total_steps=4, ckpt_every=100), data=tiny_data(), out_dir=tmp_path / "run",

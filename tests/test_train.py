@@ -111,22 +111,27 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp
     assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["ckpt_0000002.pt"]
 
 
-def test_sigterm_saves_checkpoint_and_stops(tmp_path):
-    tr = Trainer(tiny_cfg(total_steps=50, ckpt_every=100, log_every=10), data=tiny_data(), out_dir=tmp_path,
-                 device="cpu", progress=False)
+def train_with_signal(tr: Trainer, after_step: int, sig=signal.SIGTERM) -> dict:
+    """``tr.train()`` with a real ``sig`` delivered to this process during step ``after_step`` (1-based)."""
     inner = tr.train_step
 
     def step_then_signal(x, y):
         out = inner(x, y)
-        if tr.step == 2:  # the third step: deliver a real SIGTERM to this process
-            os.kill(os.getpid(), signal.SIGTERM)
+        if tr.step == after_step - 1:
+            os.kill(os.getpid(), sig)
         return out
 
     tr.train_step = step_then_signal
     try:
-        res = tr.train()
+        return tr.train()
     except KeyboardInterrupt:  # caught here: pytest would take it for the user stopping the run
-        pytest.fail("one SIGTERM interrupted the run instead of ending it after the step")
+        pytest.fail(f"one {sig.name} interrupted the run instead of ending it after the step")
+
+
+def test_sigterm_saves_checkpoint_and_stops(tmp_path):
+    tr = Trainer(tiny_cfg(total_steps=50, ckpt_every=100, log_every=10), data=tiny_data(), out_dir=tmp_path,
+                 device="cpu", progress=False)
+    res = train_with_signal(tr, after_step=3)
     assert res["interrupted"] == "SIGTERM" and res["step"] == 3
     assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["ckpt_0000003.pt"]
     assert read_metrics(tmp_path)[-1]["step"] == 3
