@@ -93,3 +93,39 @@ def test_leaves_the_caller_state_alone():
     assert torch.equal(torch.rand(3), expected_torch) and np.array_equal(np.random.rand(3), expected_np)
     assert torch.get_num_threads() == threads and torch.get_default_dtype() == dtype
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_draws_nothing_that_depends_on_the_cpu_vendor():
+    """Every random draw of the tiny runs comes from torch's own generator: not bernoulli_ (dropout's masks),
+    which takes MKL's generator on Intel CPUs and torch's elsewhere, so that the digest is the same on both."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    ops = set()
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            ops.add(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        fingerprint.fingerprint_values()
+    assert "aten.randn.generator" in ops  # the recording sees the draws
+    assert not [op for op in ops if "bernoulli" in op or "dropout" in op]
+
+
+def test_float_noise_far_above_another_cpus_keeps_the_digest(fresh, monkeypatch):
+    """Weights perturbed by 1e-11 (another CPU's reduction order moves float64 values by about 1e-15) give the
+    same digest: what the rounding keeps is the computation, not its last bits."""
+    reference = fresh()
+    build = diffusion.train.build_model
+
+    def perturbed(cfg, data):
+        model = build(cfg, data)
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(1 + 1e-11 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+        return model
+
+    monkeypatch.setattr(diffusion.train, "build_model", perturbed)
+    assert fresh() == reference
