@@ -35,8 +35,8 @@ __all__ = ["BOOKKEEPING", "FeatureSpace", "TrainedModel", "device", "generate", 
 
 TRAIN_PRODUCER = "04_training"
 RECIPE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
-"""SHA-256 of this file: part of every key below, since the recipes (training loop of the toy, sampling
-batches) live here."""
+"""SHA-256 of this file: part of the keys of generated samples and of the toy model, whose recipes (sampling
+batches, the toy's training loop) live here. Trained U-Nets are keyed on the training fingerprint instead."""
 STAGE_SAMPLES = 16  # images the trainer samples at each train.sample_every step (EMA weights, fixed noise)
 BOOKKEEPING = ("train.ckpt_every", "train.ckpt_every_minutes", "train.keep_last", "data.root")
 """Settings left out of a trained model's key: when checkpoints are written and kept, and where the data were

@@ -16,7 +16,7 @@ models are retrained instead of silently reused.
 The tiny runs are made in float64 and every value is rounded to :data:`SIGNIFICANT` significant digits before
 hashing. Floating-point reduction order differs between CPU families and thread counts; in float64 after
 three steps that moves values by about 1e-15 relative, far below the rounding (weights perturbed by 1e-11 still
-give the same digest), so the digest is the same on any CPU. What would differ between CPUs is a random draw
+give the same digest), so float noise alone leaves the digest unchanged. What would differ between CPUs is a random draw
 made differently: torch's ``bernoulli_`` (dropout's masks) takes MKL's generator on Intel CPUs and its own on
 others, so the tiny models have no dropout and the draws they make are torch's own on every CPU. It is computed
 on the CPU whatever device trains, once per process (about a second).
