@@ -31,7 +31,7 @@ import torch
 from diffusion.report import Artefacts, CacheEntry, repo_root
 
 __all__ = ["BOOKKEEPING", "FeatureSpace", "TrainedModel", "device", "generate", "load_data", "load_run_config", "model_spec", "nearest_neighbours",
-           "proxy_classifier", "train_toy", "trained_model", "training_key", "uncond_feature_space", "variant_spec", "with_overrides"]
+           "proxy_classifier", "proxy_classifier_inputs", "train_toy", "trained_model", "training_key", "uncond_feature_space", "variant_spec", "with_overrides"]
 
 TRAIN_PRODUCER = "04_training"
 RECIPE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
@@ -88,18 +88,28 @@ def load_data(spec: dict, split: str = "train", cfg=None):
     return load_dataset(cfg.data.name, split, root=cfg.data.root, image_size=cfg.data.image_size)
 
 
-def proxy_classifier(spec: dict, steps: int | None = None, dev: torch.device | None = None):
-    """The offline proxy classifier (``diffusion.metrics.classifier``) of the spec's data (same pooling),
-    trained on its train split with ``steps`` optimiser steps (default: the dataset's default), cached."""
+def proxy_classifier_inputs(spec: dict, steps: int | None = None):
+    """(train split, test split, ``ClassifierConfig``) of the proxy classifier of the spec's data: the
+    dataset's default configuration with ``steps`` optimiser steps when given."""
     import dataclasses
 
-    from diffusion.metrics.classifier import DEFAULT_CONFIGS, ClassifierConfig, cached_classifier
+    from diffusion.metrics.classifier import DEFAULT_CONFIGS, ClassifierConfig
 
     cfg = load_run_config(spec)
     train, test = load_data(spec, "train", cfg), load_data(spec, "test", cfg)
     ccfg = DEFAULT_CONFIGS.get(train.name, ClassifierConfig())
     if steps is not None:
         ccfg = dataclasses.replace(ccfg, steps=int(steps))
+    return train, test, ccfg
+
+
+def proxy_classifier(spec: dict, steps: int | None = None, dev: torch.device | None = None):
+    """The offline proxy classifier (``diffusion.metrics.classifier``) of the spec's data (same pooling),
+    trained on its train split with ``steps`` optimiser steps (default: the dataset's default), cached (or
+    taken from a committed classifier of the same key)."""
+    from diffusion.metrics.classifier import cached_classifier
+
+    train, test, ccfg = proxy_classifier_inputs(spec, steps)
     return cached_classifier(train, test, ccfg, dev or device()), test
 
 

@@ -54,7 +54,7 @@ torch.manual_seed(seed)
 if threads:
     torch.set_num_threads(threads)
 art = report.Artefacts(profile, "00_toy_2d", out_dir, cache_root=cache_dir, seed=seed,
-                       dataset=f"toy 2-D: {toy_name}",
+                       dataset=report.toy_label_zh(toy_name),
                        config=dict(n_points=n_points, T=num_timesteps, train_steps=train_steps, hidden=hidden))
 diffusion = create_diffusion("linear", num_timesteps)
 x0 = make_toy_2d(toy_name, n_points, seed=seed)

@@ -48,9 +48,9 @@ import torch
 
 from diffusion import experiments, report
 from diffusion.metrics.intervals import DEFAULT_RESAMPLES as BOOTSTRAP_RESAMPLES
-from diffusion.metrics.intervals import (FrechetToReference, bootstrap_ci, format_ci, jackknife_difference_ci,
-                                        proxy_metrics_ci)
-from diffusion.metrics.classifier import class_diversity, classifier_features, classifier_predict
+from diffusion.metrics.intervals import (FrechetToReference, bootstrap_ci, diversity_ci, format_ci,
+                                        jackknife_difference_ci, proxy_metrics_ci)
+from diffusion.metrics.classifier import classifier_features, classifier_predict
 
 torch.manual_seed(seed)
 if threads:
@@ -76,8 +76,8 @@ art.number("ClassifierAccuracy", 100 * clf.accuracy, "{:.1f}")
 # %% [markdown]
 # ## Sweep of the guidance scale w
 # The same labels and seed for every w, so every row has the same n. Each proxy number carries a 95 %
-# interval over the samples (`diffusion.metrics.intervals`: jackknife for FD and KID, percentile bootstrap for
-# the accuracy); KID
+# interval over the samples (`diffusion.metrics.intervals`: jackknife for FD, KID and the within-class
+# diversity, percentile bootstrap for the accuracy); KID
 # (`diffusion.metrics.kid`) beside the classifier FD is unbiased in n.
 
 # %%
@@ -91,14 +91,14 @@ for w in guidance_scales:
     feats = classifier_features(clf, x)
     correct = classifier_predict(clf, x).numpy() == labels
     ci = proxy_metrics_ci(feats, ref_feats, correct, seed=seed)
-    div = class_diversity(clf, x, labels)["diversity"]
+    ci["div"] = diversity_ci(feats, labels)
+    div = ci["div"]["estimate"]
     results[w] = dict(acc=ci["acc"]["estimate"], cfd=ci["cfd"]["estimate"], kid=ci["kid"]["estimate"], div=div,
                       ci=ci, images=out["images"], correct=correct, feats=feats)
     rows.append([f"{w:g}", str(ci["n"])] + [report.escape_latex(format_ci(ci[k], "{:.1f}" if k == "acc" else None))
-                                            for k in ("acc", "cfd", "kid")]
-                + [f"{div:.2f}"])
+                                            for k in ("acc", "cfd", "kid", "div")])
     print(f"w = {w:4.1f}: n = {ci['n']}, accuracy {format_ci(ci['acc'])}%, classifier FD {format_ci(ci['cfd'])}, "
-          f"KID {format_ci(ci['kid'])}, diversity {div:.2f}")
+          f"KID {format_ci(ci['kid'])}, diversity {format_ci(ci['div'])}")
 art.save_table("guidance", report.booktabs_tabular(
     ["引导尺度 $w$", "$n$", "条件准确率（\\%）", "分类器 FD", "KID", "类内多样性"], rows, align="rrrrrr",
     escape=False),  # intervals: 95 %, stated in the thesis caption
@@ -108,12 +108,9 @@ ws = np.array(guidance_scales, dtype=float)
 fig, axes = plt.subplots(1, 3, figsize=(report.FULL_WIDTH_IN, 2.2))
 for ax, key, name in zip(axes, ("acc", "cfd", "div"),
                          ("条件准确率（%）", "分类器 FD（越低越好）", "类内多样性")):
-    if key == "div":
-        ax.plot(ws, [results[w][key] for w in guidance_scales], "o-")
-    else:  # 95 % intervals (diffusion.metrics.intervals)
-        ci = [results[w]["ci"][key] for w in guidance_scales]
-        ax.errorbar(ws, [c["estimate"] for c in ci], fmt="o-", capsize=2,
-                    yerr=np.clip([[c["estimate"] - c["low"] for c in ci], [c["high"] - c["estimate"] for c in ci]], 0, None))
+    ci = [results[w]["ci"][key] for w in guidance_scales]  # 95 % intervals (diffusion.metrics.intervals)
+    ax.errorbar(ws, [c["estimate"] for c in ci], fmt="o-", capsize=2,
+                yerr=np.clip([[c["estimate"] - c["low"] for c in ci], [c["high"] - c["estimate"] for c in ci]], 0, None))
     ax.set_xlabel("引导尺度 $w$"), ax.set_ylabel(name)
 axes[0].axhline(100 * clf.accuracy, color="k", ls=":", lw=0.8, label="分类器在真实测试图像上")
 axes[0].legend(loc="lower right")

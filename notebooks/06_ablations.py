@@ -26,10 +26,14 @@
 #    with a 95 % interval) against time per image.
 # 2. **Width and depth** (§4.4.2): variants of the conditional network trained with the same steps and batch,
 #    described from their configs, with 95 % intervals of each variant's difference from the base.
-# 3. **Memorisation** (`fig:nearest-neighbours`): unconditional samples beside their nearest training images (L2, pixels).
+# 3. **The unconditional model and memorisation** (artefacts `uncond_quality`, `memorisation`, `closest_pairs`):
+#    FD and KID of the unconditional samples in a named feature space, beside training images at the same n;
+#    for both models, each sample's distance to its nearest training image against the same distance for
+#    held-out images (equal n), and the closest pairs.
 # 4. **Bits/dim** (§2.4.2): the full bound of eq. (7) on held-out images for σ_t² = β_t (fixed-large) and
 #    σ_t² = β̃_t (fixed-small), with its L_T and L_0 parts; fixed-large with L_0's σ_1² = β̃_2 (DDPM's code)
-#    and σ_1² = β_1 (the paper's text).
+#    and σ_1² = β_1 (the paper's text); of the unconditional model, or of the conditional one with the null
+#    label ∅ (`bpd_model`).
 # 5. **FID / IS** where the official Inception weights exist, beside the proxy numbers.
 
 # %% tags=["parameters"]
@@ -55,7 +59,11 @@ variant_steps = 300  # training steps of each variant
 variant_batch = 32  # batch size of each variant
 variant_samples = 64  # samples per variant for the classifier FD
 bpd_images = 4  # held-out images for bits/dim (the full bound: T network calls each, shared by the variances)
-nn_samples = 8  # samples shown beside their nearest neighbours
+bpd_model = "uncond"  # whose bound: "uncond" (the unconditional model) or "cond" (the conditional one, label ∅)
+memo_samples = 64  # unconditional samples for FD/KID and the memorisation check (held-out images: the same n)
+memo_sampler = "ddim"  # their sampler (at min(50, T) steps)
+memo_closest = 16  # closest sample–training pairs shown per model
+nn_samples = 8  # unconditional samples shown beside their five nearest training images
 
 # %%
 import os
@@ -71,6 +79,7 @@ from diffusion.metrics.intervals import (FrechetToReference, bootstrap_ci, forma
                                          proxy_metrics_ci)
 from diffusion.metrics.classifier import classifier_features, classifier_predict
 from diffusion.metrics.kid import KidToReference
+from diffusion.metrics.memorisation import memorisation_check
 from diffusion.samplers import dpmpp2m_timesteps
 
 torch.manual_seed(seed)
@@ -335,48 +344,159 @@ for key, name in (("narrow", "WidthCfdNarrow"), ("shallow", "DepthCfdShallow")):
     art.number(name, format_ci(vres[key]["cfd"], part="estimate") if key in vres else "n/a")
 
 # %% [markdown]
-# ## 3. Nearest neighbours (`fig:nearest-neighbours`)
-# Unconditional samples (EMA, ancestral) and their five nearest training images by L2 distance in pixel space
-# (images in [−1, 1]); a memorising model would reproduce training images at distance ≈ 0.
+# ## 3. The unconditional model, and memorisation (artefacts `uncond_quality`, `memorisation`, `closest_pairs`)
+# `memo_samples` unconditional samples (EMA weights, `memo_sampler` at min(50, T) steps) measured by FD and
+# KID in the feature space `experiments.uncond_feature_space` names (data without classes are measured in the
+# conditional data's proxy-classifier features), against the whole held-out split; as a yardstick, as many
+# training images measured the same way (what a model that reproduced its data would get at this n).
+#
+# Memorisation (`diffusion.metrics.memorisation`): for each sample the L2 pixel distance to its nearest
+# training image, against the same distance for as many held-out images (a seeded shuffle of the held-out
+# split: the splits are ordered); the fraction of samples nearer than the held-out 1st percentile is about
+# 1 % for a model that does not copy. The conditional model is checked on the DDIM samples of section 1.
 
 # %%
 tu = experiments.trained_model(art, uncond, "uncond")
-out = experiments.generate(art, tu, nn_samples, sampler="ancestral", steps=q_steps, seed=seed + 3, tag="nn")
-idx, dist = experiments.nearest_neighbours(out["images"], tu.data.images, k=5)
-panel = np.concatenate([np.concatenate([out["images"][i:i + 1], tu.data.images[idx[i]].numpy()]) for i in range(nn_samples)])
-fig, ax = plt.subplots(figsize=(3.0, 0.45 * nn_samples + 0.35))
+memo_steps = min(50, tu.diffusion.num_timesteps)
+fs = experiments.uncond_feature_space(uncond, cond, classifier_steps)
+out_u = experiments.generate(art, tu, int(memo_samples), sampler=memo_sampler, steps=memo_steps, seed=seed + 3,
+                             tag="uncond_quality")
+n_memo = len(out_u["images"])
+shuffle = np.random.default_rng(seed)
+train_pick = tu.data.images[shuffle.permutation(len(tu.data.images))[:n_memo]]
+uq = {"samples": proxy_metrics_ci(fs.features(out_u["images"]), fs.reference, seed=seed),
+      "train": proxy_metrics_ci(fs.features(train_pick.numpy()), fs.reference, seed=seed)}
+for name, q in uq.items():
+    print(f"{name:8s} n = {q['n']}: FD {format_ci(q['cfd'])}, KID {format_ci(q['kid'])} ({fs.name})")
+data_u = report.dataset_label_zh(tu.data.label)
+urows = [[f"生成样本（{report.sampler_name_zh(memo_sampler)} {memo_steps} 步）", str(uq["samples"]["n"]),
+          format_ci(uq["samples"]["cfd"]), format_ci(uq["samples"]["kid"])],
+         ["训练集图像（随机抽取，作为参照）", str(uq["train"]["n"]), format_ci(uq["train"]["cfd"]), format_ci(uq["train"]["kid"])]]
+art.save_table("uncond_quality", report.booktabs_tabular(["图像集", "$n$", "FD", "KID"],
+                                                         [[report.escape_latex(c) for c in r] for r in urows],
+                                                         align="lrrr", escape=False),
+               dataset=data_u, config={"uncond": uncond, "feature_space": fs.name, "n": n_memo})
+art.number("UncondFeatureSpace", fs.name, dataset=data_u)
+art.number("UncondFeatureWhy", fs.why, dataset=data_u)
+art.number("UncondReferenceImages", len(fs.reference), "{:,d}", dataset=data_u)
+art.number("UncondQualitySamples", n_memo, "{:,d}", dataset=data_u)
+art.number("UncondQualitySteps", memo_steps, "{:d}", dataset=data_u)
+for key, prefix in (("samples", "Uncond"), ("train", "UncondTrain")):
+    art.number(prefix + "Fd", format_ci(uq[key]["cfd"]), dataset=data_u)
+    art.number(prefix + "Kid", format_ci(uq[key]["kid"]), dataset=data_u)
+
+
+def heldout_shuffled(images, seed_offset: int):
+    """The held-out images in a seeded random order (the splits are sorted, by class or by file)."""
+    order = np.random.default_rng(seed + seed_offset).permutation(len(images))
+    return images[torch.as_tensor(order)]
+
+
+memo_cond_key = ("ddim", q_steps) if ("ddim", q_steps) in res else next(iter(res))
+memo = {"uncond": memorisation_check(out_u["images"], tu.data.images,
+                                     heldout_shuffled(experiments.load_data(uncond, "test", tu.cfg).images, 11),
+                                     seed=seed, closest=int(memo_closest)),
+        "cond": memorisation_check(res[memo_cond_key]["images"], tm.data.images, heldout_shuffled(test.images, 12),
+                                   seed=seed, closest=int(memo_closest))}
+memo_models = {"uncond": tu, "cond": tm}
+memo_title = {"uncond": f"无条件模型，{data_u}", "cond": f"条件模型，{report.dataset_label_zh(tm.data.label)}"}
+for which, m in memo.items():
+    print(f"{which}: n = {m['n']}, fraction below the held-out {m['percentile']:g}st percentile "
+          f"{format_ci(m['fraction_below'], '{:.3f}')}, median distance samples − held-out "
+          f"{format_ci(m['median_difference'], '{:.3f}')}")
+fig, axes = plt.subplots(1, 2, figsize=(report.FULL_WIDTH_IN, 2.4))
+for ax, (which, m) in zip(axes, memo.items()):
+    both = np.concatenate([m["sample_distances"], m["heldout_distances"]])
+    bins = np.linspace(0, both.max() * 1.02, 31)
+    ax.hist(m["heldout_distances"], bins=bins, alpha=0.55, color="C1", label="留出集图像")
+    ax.hist(m["sample_distances"], bins=bins, alpha=0.55, color="C0", label="生成样本")
+    ax.axvline(m["threshold"], color="k", ls="--", lw=0.8, label=f"留出集第 {m['percentile']:g} 百分位")
+    ax.set_xlabel("到最近训练图像的 $L_2$ 距离（像素值在 [0, 1]）")
+    ax.set_title(f"{memo_title[which]}，各 $n={m['n']}$", fontsize="small")
+axes[0].set_ylabel("图像数"), axes[0].legend()
+art.save_figure(fig, "memorisation", dataset=" / ".join(dict.fromkeys([data_u, art.dataset])),
+                config={"uncond_samples": n_memo, "cond_setting": list(memo_cond_key)})
+
+cols = max(1, (int(memo_closest) + 1) // 2)  # pairs per row: two rows of pairs per model
+cell = min(0.75, (report.FULL_WIDTH_IN - 1.0) / cols)  # inches per image; 1 in for the row labels
+fig, axes = plt.subplots(2, 1, figsize=(cell * cols + 1.0, 2 * (4 * cell + 0.3)))
+for ax, (which, m) in zip(axes, memo.items()):
+    pairs = m["closest_pairs"]
+    samples_ = {"uncond": out_u["images"], "cond": res[memo_cond_key]["images"]}[which]
+    train_ = memo_models[which].data.images.numpy()
+    rows_ = []
+    for lo in range(0, len(pairs), cols):
+        chunk = pairs[lo:lo + cols]
+        pad = cols - len(chunk)
+        blank = np.full((pad, *samples_.shape[1:]), 255, dtype=np.uint8)
+        rows_ += [np.concatenate([samples_[chunk[:, 0]], blank]), np.concatenate([train_[chunk[:, 1]], blank])]
+    report.show_images(ax, np.concatenate(rows_), nrow=cols,
+                       row_labels=["样本", "最近训练图像"] * (len(rows_) // 2),
+                       title=f"{memo_title[which]}：距离最近的 {len(pairs)} 对")
+art.save_figure(fig, "closest_pairs", dataset=" / ".join(dict.fromkeys([data_u, art.dataset])))
+for which, prefix in (("uncond", "MemoUncond"), ("cond", "MemoCond")):
+    m = memo[which]
+    art.number(prefix + "N", m["n"], "{:,d}")
+    art.number(prefix + "Percentile", m["percentile"], "{:g}")
+    art.number(prefix + "Fraction", format_ci({**m["fraction_below"], **{k: 100 * m["fraction_below"][k]
+                                                                         for k in ("estimate", "low", "high")}},
+                                              "{:.1f}"))
+    art.number(prefix + "MedianSample", format_ci(m["median_sample"], "{:.3f}"))
+    art.number(prefix + "MedianHeldout", format_ci(m["median_heldout"], "{:.3f}"))
+    art.number(prefix + "MedianDiff", format_ci(m["median_difference"], "{:.3f}"))
+    art.number(prefix + "ClosestDistance", float(m["sample_distances"].min()), "{:.3f}")
+    art.number(prefix + "HeldoutClosestDistance", float(m["heldout_distances"].min()), "{:.3f}")
+art.number("MemoCondSetting", f"{SAMPLER_TITLES[memo_cond_key[0]]}{memo_cond_key[1]} 步")
+
+nn_show = min(int(nn_samples), n_memo)
+idx, dist = experiments.nearest_neighbours(out_u["images"][:nn_show], tu.data.images, k=5)
+panel = np.concatenate([np.concatenate([out_u["images"][i:i + 1], tu.data.images[idx[i]].numpy()])
+                        for i in range(nn_show)])
+fig, ax = plt.subplots(figsize=(3.0, 0.45 * nn_show + 0.35))
 report.show_images(ax, panel, nrow=6)
 ax.set_title("生成样本 | 训练集中 5 个 $L_2$ 最近邻")
-art.save_figure(fig, "nearest_neighbours", dataset=report.dataset_label_zh(tu.data.label), config=uncond)
-print(f"nearest-neighbour distances: min {dist[:, 0].min():.2f}, median {np.median(dist[:, 0]):.2f}")
+art.save_figure(fig, "nearest_neighbours", dataset=data_u, config=uncond)
 art.number("NNMinDistance", float(dist[:, 0].min()), "{:.2f}", dataset=tu.data.label)
 
 # %% [markdown]
 # ## 4. Bits/dim: fixed-large against fixed-small, and the two conventions for L_0
-# The full bound (all T terms, eq. 7) of the unconditional model on held-out images; the ε-network is the
+# The full bound (all T terms, eq. 7) on `bpd_images` held-out images (a seeded random draw from the held-out
+# split), of the unconditional model or, with `bpd_model = "cond"`, of the conditional model given the null
+# label ∅ (its unconditional branch, a model of p(x) trained on one step in ten); the ε-network is the
 # same, only the reverse variance σ_t² differs. All use the same noise. For fixed-large the decoder term L_0
 # is reported under both conventions: σ_1² = β̃_2 (DDPM's code, the one behind the paper's bits/dim) and
 # σ_1² = β_1 (the paper's text); the other T − 1 terms are identical.
 
 # %%
-x_test = experiments.load_data(uncond, "test", tu.cfg).images[:bpd_images]
+if bpd_model not in ("cond", "uncond"):
+    raise ValueError(f"bpd_model must be 'cond' or 'uncond', got {bpd_model!r}")
+tb = tm if bpd_model == "cond" else tu
+bpd_spec = cond if bpd_model == "cond" else uncond
+bpd_pool = experiments.load_data(bpd_spec, "test", tb.cfg).images
+x_test = bpd_pool[torch.as_tensor(np.random.default_rng(seed + 13).permutation(len(bpd_pool))[:int(bpd_images)])]
+bpd_kwargs = {"y": tb.null_class} if bpd_model == "cond" else None
+bpd_data = report.dataset_label_zh(tb.data.label)
+art.number("BpdModel", "条件模型在空标签 $\\varnothing$ 下（即其无条件分支）" if bpd_model == "cond" else "无条件模型",
+           escape=False, dataset=bpd_data)
 BPD_VARIANCES = {"fixed_large": ("fixed_large", "ddpm_code"), "fixed_large_paper": ("fixed_large", "paper"),
                  "fixed_small": ("fixed_small", "ddpm_code")}
-bpd_diffusions = {name: GaussianDiffusion(tu.diffusion.betas, tu.diffusion.model_mean_type, var, tu.diffusion.loss_type, dv)
+bpd_diffusions = {name: GaussianDiffusion(tb.diffusion.betas, tb.diffusion.model_mean_type, var, tb.diffusion.loss_type, dv)
                   for name, (var, dv) in BPD_VARIANCES.items()}
 
 
 def bpd_work(folder):
     """One network call per image and term, shared by the three variances (diffusion.likelihood)."""
-    dev = next(tu.model.parameters()).device
+    dev = next(tb.model.parameters()).device
     x0 = x_test.to(dev).float() / 127.5 - 1
     g = torch.Generator(device=dev).manual_seed(seed)
-    b = bpd_for_variances(bpd_diffusions, tu.model, x0, batch_size=128, generator=g, progress=True)
+    kwargs = None if bpd_kwargs is None else {"y": torch.full((len(x0),), bpd_kwargs["y"], device=dev)}
+    b = bpd_for_variances(bpd_diffusions, tb.model, x0, model_kwargs=kwargs, batch_size=128, generator=g,
+                          progress=True)
     return {f"{name}.{k}": b[name][k].cpu().numpy() for name in b for k in ("total_bpd", "prior_bpd", "vb")}
 
 
-r = art.cached({"model": tu.entry.key, "variances": BPD_VARIANCES, "n": bpd_images, "seed": seed,
-                "data": report.data_digest(x_test)}, bpd_work, kind="bpd",
+r = art.cached({"model": tb.entry.key, "variances": BPD_VARIANCES, "n": bpd_images, "seed": seed,
+                "y": bpd_kwargs, "data": report.data_digest(x_test)}, bpd_work, kind="bpd",
                modules=["diffusion.gaussian_diffusion", "diffusion.likelihood"]).result
 bres = {}
 for name in BPD_VARIANCES:
@@ -402,7 +522,7 @@ brows = [[*bpd_labels[v], str(len(b["per_image"])), format_ci(b["ci"], "{:.3f}")
 art.save_table("bpd", report.booktabs_tabular(
     ["逆向方差", r"$L_0$ 方差约定", r"$n$", r"总计（bits/dim）",
      r"$L_T$", r"$\sum_{t\geq2} L_{t-1}$", r"$L_0$"], brows, align="llrrrrr", escape=False),
-    dataset=tu.data.label, config=uncond)
+    dataset=tb.data.label, config={"model": bpd_model, "spec": bpd_spec})
 # same images and noise for every variance: the paired per-image difference carries the comparison
 bpd_diff = bpd_interval(bres["fixed_small"]["per_image"] - bres["fixed_large"]["per_image"])
 art.number("BpdImages", len(x_test), "{:d}")
@@ -410,12 +530,12 @@ for name, ci in (("BpdFixedLargeInterval", bres["fixed_large"]["ci"]), ("BpdFixe
                  ("BpdSmallMinusLargeCI", bpd_diff)):
     text = (format_ci(ci, "{:.2f}", part="interval") if name.endswith("Interval") else format_ci(ci)) if ci else \
         "（单幅图像，无区间）"
-    art.number(name, text, dataset=tu.data.label)
+    art.number(name, text, dataset=tb.data.label)
 art.number("BpdSmallMinusLargeVerdict", "无法判断（单幅图像）" if bpd_diff is None else
-           "不含 0" if bpd_diff["low"] > 0 or bpd_diff["high"] < 0 else "含 0", dataset=tu.data.label)
-art.number("BpdFixedLarge", bres["fixed_large"]["total"], "{:.2f}", dataset=tu.data.label)
-art.number("BpdFixedLargePaperLzero", bres["fixed_large_paper"]["total"], "{:.2f}", dataset=tu.data.label)
-art.number("BpdFixedSmall", bres["fixed_small"]["total"], "{:.2f}", dataset=tu.data.label)
+           "不含 0" if bpd_diff["low"] > 0 or bpd_diff["high"] < 0 else "含 0", dataset=tb.data.label)
+art.number("BpdFixedLarge", bres["fixed_large"]["total"], "{:.2f}", dataset=tb.data.label)
+art.number("BpdFixedLargePaperLzero", bres["fixed_large_paper"]["total"], "{:.2f}", dataset=tb.data.label)
+art.number("BpdFixedSmall", bres["fixed_small"]["total"], "{:.2f}", dataset=tb.data.label)
 
 # %% [markdown]
 # ## 5. FID / IS (official Inception weights) beside the proxy numbers
@@ -429,7 +549,7 @@ if os.path.isfile(weights_path()):
     from diffusion.metrics.inception_score import inception_score
 
     net = load_inception(allow_download=False)
-    xs = torch.from_numpy(res["ddim", q_steps]["images"] if ("ddim", q_steps) in res else out["images"])
+    xs = torch.from_numpy(res[memo_cond_key]["images"])
     fid = fid_from_images(xs, test, net)
     is_mean, is_std = inception_score(inception_features_and_logits(xs, net)[1])
     fid_text, is_text = f"{fid:.2f}", f"{is_mean:.2f} ± {is_std:.2f}（n = {len(xs)}，10 组）"

@@ -163,3 +163,16 @@ def test_an_unfinished_training_is_carried_over_and_resumed_exactly(tiny, tmp_pa
     assert torch.equal(flat(resumed.raw_model.parameters()), flat(whole.raw_model.parameters()))
     history = (resumed.run_dir / "history.jsonl").read_text().splitlines()
     assert [json.loads(h)["event"] for h in history] == ["start", "resume"]
+
+
+@pytest.mark.parametrize("recorded", sorted((ROOT / "weights" / "classifier").glob("*.json")), ids=lambda p: p.stem)
+def test_committed_classifiers_are_current(recorded):
+    """Each committed proxy classifier sits under the key this code gives its recorded inputs (data digests,
+    configuration, the classifier's source and torch version): a change to the classifier's code forces a
+    retrain and export (tools/export_weights.py --classifier) in the same commit."""
+    from diffusion.metrics.classifier import key_of_inputs
+
+    assert recorded.with_suffix(".pt").is_file()
+    key = key_of_inputs(json.loads(recorded.read_text()))
+    assert key == recorded.stem, (f"{recorded.relative_to(ROOT)} is stale (its key is now {key}): retrain the "
+                                  "classifier and export it with tools/export_weights.py --classifier")

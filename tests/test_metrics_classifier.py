@@ -1,6 +1,7 @@
 """The offline proxy classifier: training on a tiny set, caching, features, classifier FD, accuracy, diversity."""
 from __future__ import annotations
 
+import json
 import math
 import pickle
 import re
@@ -386,3 +387,38 @@ def test_cached_classifier_shows_progress_by_default(monkeypatch, tmp_path):
     train.name = "cifar10"  # (MNIST's configuration is the default one)
     cached_classifier(train, test, device=torch.device("meta"))
     assert calls[-1] == (clf_mod.DEFAULT_CONFIGS["cifar10"], torch.device("meta"))
+
+
+def test_a_committed_classifier_fills_a_cache_miss_exactly(trained, monkeypatch, tmp_path):
+    """export_classifier writes weights/classifier/<key>.pt with its key's inputs; a fresh cache takes the
+    classifier from there without training, unless DDPM_RETRAIN=1 or the configuration differs."""
+    clf, train, test, cache = trained
+    monkeypatch.setenv("DDPM_CACHE", str(cache))
+    monkeypatch.setenv("DDPM_WEIGHTS_DIR", str(tmp_path / "weights"))
+    monkeypatch.delenv("DDPM_RETRAIN", raising=False)
+    path = clf_mod.export_classifier(train, test, TINY)
+    key = _entry_key(train, test, TINY)
+    assert path == tmp_path / "weights" / "classifier" / f"{key}.pt"
+    inputs = json.loads(path.with_suffix(".json").read_text())
+    assert clf_mod.key_of_inputs(inputs) == key and inputs["data"] == "digits"
+
+    def boom(*a, **k):
+        raise AssertionError("retrained although committed")
+
+    monkeypatch.setattr(clf_mod, "train_classifier", boom)
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "fresh"))
+    again = cached_classifier(train, test, TINY, device="cpu", progress=False)
+    assert again.accuracy == clf.accuracy
+    np.testing.assert_array_equal(classifier_features(again, test.images[:20]), classifier_features(clf, test.images[:20]))
+    assert (tmp_path / "fresh" / "classifier" / f"{key}.pt").is_file()
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path / "fresh2"))
+    monkeypatch.setenv("DDPM_RETRAIN", "1")
+    with pytest.raises(AssertionError, match="retrained although committed"):
+        cached_classifier(train, test, TINY, device="cpu", progress=False)
+    monkeypatch.delenv("DDPM_RETRAIN")
+    with pytest.raises(AssertionError, match="retrained although committed"):
+        cached_classifier(train, test, ClassifierConfig(width=8, steps=61), device="cpu", progress=False)
+    # a second export of the same dataset replaces the first; an uncached configuration is refused
+    with pytest.raises(FileNotFoundError, match="no cached classifier of digits 8×8"):
+        clf_mod.export_classifier(train, test, ClassifierConfig(width=8, steps=62))
+    assert [p.name for p in sorted((tmp_path / "weights" / "classifier").iterdir())] == [f"{key}.json", f"{key}.pt"]

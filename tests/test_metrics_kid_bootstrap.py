@@ -339,3 +339,41 @@ def test_bootstrap_and_jackknife_work_in_float64_whatever_the_statistic_returns(
     for ci in (lambda s: bootstrap_ci(values, s, num_resamples=101, level=0.9, seed=2),
                lambda s: jackknife_ci(values, s, level=0.9)):
         assert ci(as_f32) == ci(as_float)
+
+
+def _diversity(features, labels) -> float:
+    """Within-class diversity written out: mean over classes with >= 2 samples of the mean pairwise distance."""
+    per_class = []
+    for c in np.unique(labels):
+        g = features[labels == c]
+        if len(g) >= 2:
+            per_class.append(np.mean([np.linalg.norm(g[i] - g[j]) for i in range(len(g)) for j in range(len(g))
+                                      if i != j]))
+    return float(np.mean(per_class))
+
+
+@pytest.mark.parametrize("counts", [(5, 4, 3), (6, 2, 1), (3, 3)])
+def test_diversity_ci_is_the_jackknife_of_class_diversity(counts):
+    """Two routes: the closed-form leave-one-out of diversity_ci against jackknife_ci recomputing the written-out
+    statistic n times (classes of two samples drop out when one is left; a lone sample changes nothing), and
+    its estimate against classifier.class_diversity's formula."""
+    from diffusion.metrics.intervals import diversity_ci
+
+    rng = np.random.default_rng(3)
+    labels = np.repeat(np.arange(len(counts)), counts)
+    feats = rng.normal(size=(len(labels), 4)) + labels[:, None]
+    got = diversity_ci(feats, labels, level=0.9)
+    ref = jackknife_ci(np.arange(len(labels)), lambda idx: _diversity(feats[idx], labels[idx]), level=0.9)
+    assert got["estimate"] == pytest.approx(_diversity(feats, labels), rel=1e-12)
+    for key in ("estimate", "low", "high", "se"):
+        assert got[key] == pytest.approx(ref[key], rel=1e-9, abs=1e-12)
+    assert got["n"] == len(labels) and got["level"] == 0.9
+
+
+def test_diversity_ci_rejects_what_it_cannot_measure():
+    from diffusion.metrics.intervals import diversity_ci
+
+    with pytest.raises(ValueError, match="labels"):
+        diversity_ci(np.zeros((4, 2)), np.zeros(3))
+    with pytest.raises(ValueError, match="at least three samples"):
+        diversity_ci(np.zeros((3, 2)), np.arange(3))

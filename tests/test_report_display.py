@@ -45,7 +45,16 @@ def test_log_tick_labels_are_maths_with_a_true_minus():
 
 def test_chinese_display_names():
     assert report.dataset_label_zh("MNIST-5k at 16×16") == "MNIST-5k（16×16）"
-    assert report.dataset_label_zh("CIFAR-10 (JPEG q75 copy)") == "CIFAR-10 (JPEG q75 copy)"
+    assert report.dataset_label_zh("CIFAR-10 (JPEG q75 copy)") == "CIFAR-10（JPEG q75 有损副本）"
+    assert report.dataset_label_zh("CelebA 6k subset") == "CelebA（6k 子集）"
+    assert report.dataset_label_zh("CIFAR-10") == "CIFAR-10"
+    from diffusion.report.labels import dataset_label_en
+
+    for label in ("MNIST-5k at 16×16", "CIFAR-10 (JPEG q75 copy)", "CelebA 6k subset", "CelebA 64×64", "CIFAR-10"):
+        assert dataset_label_en(report.dataset_label_zh(label)) == label == dataset_label_en(label)
+    assert report.toy_label_zh("toy:swiss_roll") == "二维玩具数据（瑞士卷）"
+    with pytest.raises(ValueError, match="name must be one of"):
+        report.toy_label_zh("moons")
     assert report.sampler_name_zh("dpmpp2m") == "DPM-Solver++(2M)"
     assert report.class_name_zh("airplane") == "飞机" and report.class_name_zh("7") == "7"
     with pytest.raises(ValueError, match="sampler"):

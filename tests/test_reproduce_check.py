@@ -230,3 +230,20 @@ def test_reproduction_modes_reach_make_figures(tmp_path, capsys, flags, env_chec
     assert rc.main(["--root", str(repo), "--venv", str(venv), *flags]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert ("sampling seed 3" in first) == ("--seed" in flags) and ("1 torch thread" in first) == ("--threads" in flags)
+
+
+def test_a_second_training_seed_is_recorded_for_the_thesis(tmp_path, capsys):
+    """--record keeps the regenerated numbers and the full table under figures/<profile>/seeds/; it needs
+    --train-seed (the thesis's findings are those that held under another training)."""
+    repo = _fake_repo(tmp_path, "0.0412")
+    venv = Path(sys.prefix)
+    if not (venv / ".setup-stamp").is_file():
+        pytest.skip("needs the set-up project virtual environment")
+    with pytest.raises(SystemExit):
+        rc.main(["--root", str(repo), "--venv", str(venv), "--record"])
+    assert rc.main(["--root", str(repo), "--venv", str(venv), "--train-seed", "1", "--record"]) == 0
+    seeds = repo / "figures" / "quick" / "seeds"
+    assert (seeds / "train-seed-1.tex").read_text() == (repo / "produced.tex").read_text()
+    table = (seeds / "train-seed-1.txt").read_text()
+    assert "training seed 1" in table.splitlines()[0] and "reproduced statistically" in table
+    assert "{9.9}" not in table and "9.9" in table  # every row, the identical ones too

@@ -28,7 +28,7 @@ _spec.loader.exec_module(build_thesis)
 
 CHAPTER_TITLES = ["学位论文原创性声明", "学位论文版权使用授权书", "摘要", "Abstract", "目录", "引言",
                   "扩散生成模型的数学原理与理论推导", "图像生成模型的设计与算法实现", "实验结果与分析",
-                  "总结与展望", "全文总结", "存在的不足", "未来工作", "参考文献", "产物来源记录"]
+                  "总结与展望", "全文总结", "存在的不足", "未来工作", "参考文献", "图表来源"]
 FIGURES = REPO / "figures"
 THESIS = REPO / "thesis"
 CHECK_SCRIPT = REPO / "tools" / "thesis_check.py"
@@ -139,6 +139,38 @@ def test_comparison_words_follow_the_numbers():
     assert build_thesis._number(r"$3.6\times10^{-5}$") == 3.6e-5 and build_thesis._number("$7.1$") == 7.1
     assert r"\newcommand{\StepsSpeedup}{20.0}" in text
     assert r"\CondDatasetLabel{} 与 \UncondDatasetLabel" in text
+    assert r"\newcommand{\CondDatasetLabelEn}{A}" in text
+    english = "\n".join(build_thesis.comparison_macros({"CondDatasetLabel": "CIFAR-10（JPEG q75 有损副本）",
+                                                        "UncondDatasetLabel": "MNIST-5k（16×16）"}))
+    assert r"\newcommand{\CondDatasetLabelEn}{CIFAR-10 (JPEG q75 copy)}" in english
+    assert r"\newcommand{\UncondDatasetLabelEn}{MNIST-5k at 16×16}" in english
+
+
+@pytest.mark.parametrize("main, other, expected", [
+    ("0.20 [0.10, 0.30]", None, "#1"),                     # no other seed recorded: the main run decides
+    ("-0.20 [-0.30, -0.10]", None, "#2"),
+    ("0.10 [-0.10, 0.30]", None, "#3"),
+    ("0.20 [0.10, 0.30]", "0.15 [0.02, 0.28]", "#1"),      # held under the second seed
+    ("0.20 [0.10, 0.30]", "0.10 [-0.02, 0.22]", "#3"),     # did not: not a finding
+    ("−0.20 [−0.30, −0.10]", "0.10 [0.02, 0.22]", "#3"),   # opposite signs (with the typographic minus)
+    ("0.20 [0.10, 0.30]", "MISSING", "#3"),                # the other run lacks the number
+])
+def test_findings_hold_in_every_training_seed(tmp_path, main, other, expected):
+    """\\Finding<X>{above}{below}{neither}: above or below only when every recorded run's interval excludes 0 on
+    the same side; the other seed's values are available as \\SeedValue{Name}."""
+    fig = tmp_path / "cpu"
+    if other is not None:
+        (fig / "seeds").mkdir(parents=True)
+        body = "" if other == "MISSING" else f"\\newcommand{{\\StepsDdimVsFullKidDiff}}{{{other}}}\n"
+        (fig / "seeds" / "train-seed-1.tex").write_text(body + "\\newcommand{\\CondAccWThree}{91.0}\n")
+    runs = build_thesis.seed_runs(fig)
+    assert list(runs) == ([1] if other is not None else [])
+    lines = build_thesis.finding_macros({"StepsDdimVsFullKidDiff": main, "StepsDdimVsFullKidVerdict": "x",
+                                         "CondAccWThree": "93.5"}, runs)
+    assert f"\\newcommand{{\\FindingStepsDdimVsFullKid}}[3]{{{expected}}}" in lines
+    assert not any("FindingStepsDdimVsFullKidVerdict" in line for line in lines)
+    assert ("\\newcommand{\\IfSeedRuns}[2]{#1}" in lines) == (other is not None)
+    assert any("seedvalue@CondAccWThree\\endcsname{91.0}" in line for line in lines) == (other is not None)
 
 
 def test_log_check_catches_undefined_references_and_missing_glyphs(tmp_path):
@@ -159,13 +191,12 @@ def test_provenance_appendix_says_when_artefacts_come_from_a_dirty_tree():
     clean = {"loss_curve": {"notebook": "04_training", "commit": "abcdef0123456789", "dirty": False},
              "hparams": {"notebook": "03_unet", "commit": "abcdef0123456789", "dirty": False}}
     tex = build_thesis.provenance_tex(clean, ["loss_curve"], ["hparams"])
-    assert "未提交修改" in tex and "全部产物都是在工作区没有未提交修改时生成的" in tex
-    assert "工作区有未提交修改" not in tex
+    assert "全部图表都是在工作区没有未提交修改时生成的" in tex and "*" not in tex
     dirty = dict(clean, hparams={"notebook": "03_unet", "commit": "abcdef0123456789", "dirty": True})
     tex = build_thesis.provenance_tex(dirty, ["loss_curve"], ["hparams"])
-    assert "2 项产物中有 1 项" in tex and tex.count("\\textbf{工作区有未提交修改}") == 1
+    assert "2 项图表中有 1 项" in tex and "表~\\ref{prof:hparams}* &" in tex and "图~\\ref{prof:loss_curve} &" in tex
     legacy = dict(clean, loss_curve={"notebook": "04_training", "commit": "abcdef0123456789-dirty"})
-    assert "2 项产物中有 1 项" in build_thesis.provenance_tex(legacy, ["loss_curve"], ["hparams"])
+    assert "2 项图表中有 1 项" in build_thesis.provenance_tex(legacy, ["loss_curve"], ["hparams"])
 
 
 def test_config_and_code_values_are_read_from_their_sources(tmp_path):
@@ -300,10 +331,18 @@ def test_provenance_appendix_lists_each_artefact(tmp_path):
                               "config": {"train": {"batch_size": 64}}, "created": "2025-01-01T00:00:00Z"},
                "tables/hparams.tex": {"notebook": "03_unet"}}
     tex = build_thesis.provenance_tex(records, ["loss_curve"], ["hparams", "bpd"])
-    assert "04\\_training" in tex and "abcdef012345" in tex and "12.2 s" in tex
-    assert "train.batch\\_size=64" in tex
-    assert "03\\_unet" in tex
-    assert "bpd] provenance.json 中没有该产物的记录" in tex
+    row = next(line for line in tex.splitlines() if line.startswith("图~\\ref{prof:loss_curve}"))
+    # commit, seed and device differ between the two records: columns, not the shared sentence
+    assert row.split(" & ") == ["图~\\ref{prof:loss_curve}", "04\\_training", "MNIST-5k", "abcdef0123", "3", "cpu",
+                                "2025-01-01 00:00 \\\\"]
+    assert "03\\_unet" in tex and "共同的来源" not in tex
+    assert "表~\\ref{prof:bpd} & \\multicolumn{6}{l}{provenance.json 中没有该产物的记录}" in tex
+    assert "PyTorch" not in tex  # recorded by neither
+    same = {"a": {"notebook": "04_training", "git_commit": "abcdef0123456789", "seed": 0, "device": "AMD EPYC",
+                  "torch_version": "2.14.1", "dataset": "MNIST-5k at 16×16", "created_utc": "2026-11-30T10:51:08Z"}}
+    tex = build_thesis.provenance_tex(same, ["a"], [])
+    assert "全部图表共同的来源：commit abcdef0123；随机种子 0；设备 AMD EPYC；PyTorch 2.14.1。" in tex
+    assert "图~\\ref{prof:a} & 04\\_training & MNIST-5k（16×16） & 2026-11-30 10:51 \\\\" in tex
 
 
 def test_tex_escape_and_paths():

@@ -255,6 +255,9 @@ def comparison_macros(defined: dict[str, str]) -> list[str]:
     cond, uncond = defined.get("CondDatasetLabel"), defined.get("UncondDatasetLabel")
     both = r"\CondDatasetLabel" if cond == uncond else r"\CondDatasetLabel{} 与 \UncondDatasetLabel"
     lines.append(f"\\newcommand{{\\BothDatasetLabels}}{{{both}}}")
+    for which in ("Cond", "Uncond"):  # the English abstract's labels, from the Chinese display labels
+        label = defined.get(f"{which}DatasetLabel")
+        lines.append(f"\\newcommand{{\\{which}DatasetLabelEn}}{{{_LABELS.dataset_label_en(label) if label else '—'}}}")
     return lines
 
 
@@ -326,6 +329,60 @@ def guidance_macros(defined: dict[str, str]) -> list[str]:
     return [f"\\newcommand{{\\IfBestGuidanceIsDefault}}[2]{{{body}}}"]
 
 
+SEEDS_DIR = "seeds"
+"""``figures/<profile>/seeds/train-seed-<N>.tex``: the numbers.tex of a regeneration of the profile whose models were
+retrained with ``train.seed = N`` (``tools/reproduce_check.py --train-seed N --record``), committed with the
+figures. The thesis states as findings only the differences whose interval excludes 0, with the same sign, in the
+main run and in every such regeneration (:func:`finding_macros`)."""
+
+_DIFFERENCE = re.compile(r"^\s*(-?[\d,]*\.?\d+)\s*\[\s*(-?[\d,]*\.?\d+)\s*,\s*(-?[\d,]*\.?\d+)\s*\]\s*$")
+
+
+def difference_interval(text: str | None) -> tuple[float, float, float] | None:
+    """(estimate, low, high) of a difference macro's text ``d [low, high]``, else None."""
+    m = _DIFFERENCE.match((text or "").replace("−", "-"))
+    return tuple(float(g.replace(",", "")) for g in m.groups()) if m else None
+
+
+def seed_runs(fig_dir: Path) -> dict[int, dict[str, str]]:
+    """{training seed: macros} of the recorded regenerations under ``fig_dir/seeds`` (see :data:`SEEDS_DIR`)."""
+    runs = {}
+    for path in sorted((fig_dir / SEEDS_DIR).glob("train-seed-*.tex")):
+        m = re.fullmatch(r"train-seed-(\d+)", path.stem)
+        if m:
+            runs[int(m.group(1))] = defined_numbers(path)
+    return runs
+
+
+def finding_macros(defined: dict[str, str], runs: dict[int, dict[str, str]]) -> list[str]:
+    r"""What the text may state as a finding, per difference macro ``<X>Diff`` (``d [low, high]``):
+    ``\Finding<X>{above}{below}{neither}`` expands to ``above`` when the interval lies above 0 in the main run
+    and in every recorded regeneration with another training seed (``runs``), to ``below`` when below 0 in all,
+    and to ``neither`` otherwise (an interval containing 0 in some run, runs disagreeing, or a run without the
+    number). ``\SeedValue{Name}`` is the value of macro ``Name`` in the first other-seed run (``—`` when none),
+    ``\SeedRunCount`` the number of such runs, ``\SeedRunList`` their seeds, ``\IfSeedRuns{yes}{no}``."""
+    lines = []
+    for name, text in defined.items():
+        if not name.endswith("Diff") or difference_interval(text) is None:
+            continue
+        intervals = [difference_interval(text)] + [difference_interval(run.get(name)) for run in runs.values()]
+        if all(iv is not None and iv[1] > 0 for iv in intervals):
+            body = "#1"
+        elif all(iv is not None and iv[2] < 0 for iv in intervals):
+            body = "#2"
+        else:
+            body = "#3"
+        lines.append(f"\\newcommand{{\\Finding{name[:-len('Diff')]}}}[3]{{{body}}}")
+    first = next(iter(runs.values()), {})
+    for name, text in first.items():
+        lines.append(f"\\expandafter\\def\\csname seedvalue@{name}\\endcsname{{{text}}}")
+    lines.append(r"\newcommand{\SeedValue}[1]{\ifcsname seedvalue@#1\endcsname\csname seedvalue@#1\endcsname\else —\fi}")
+    lines.append(f"\\newcommand{{\\SeedRunCount}}{{{len(runs)}}}")
+    lines.append(f"\\newcommand{{\\SeedRunList}}{{{'、'.join(str(seed) for seed in runs) or '—'}}}")
+    lines.append(f"\\newcommand{{\\IfSeedRuns}}[2]{{{'#1' if runs else '#2'}}}")
+    return lines
+
+
 def load_provenance(path: Path) -> dict[str, dict]:
     """provenance.json as {artefact name: record}; accepts a mapping or a list of records."""
     try:
@@ -368,26 +425,6 @@ def _short_name(name: str) -> str:
     return Path(name).stem if "/" in name or "." in name else name
 
 
-def _format_config(config) -> str:
-    if config is None:
-        return "—"
-    if isinstance(config, dict):
-        flat = []
-
-        def walk(prefix, value):
-            if isinstance(value, dict):
-                for k, v in value.items():
-                    walk(f"{prefix}{k}.", v)
-            else:
-                flat.append(f"{prefix[:-1]}={value}")
-
-        walk("", config)
-        text = ", ".join(flat)
-    else:
-        text = str(config)
-    return text if len(text) <= 600 else text[:600] + " …"
-
-
 def is_dirty(rec: dict) -> bool:
     """Whether an artefact was made from a working tree with uncommitted changes (the ``dirty`` field, or a
     commit recorded as ``<hash>-dirty``)."""
@@ -395,58 +432,63 @@ def is_dirty(rec: dict) -> bool:
     return bool(rec.get("dirty")) or commit.endswith("-dirty")
 
 
+PROVENANCE_FIELDS = (("commit", ("commit", "git_commit", "git")), ("随机种子", ("seed",)), ("设备", ("device",)),
+                     ("PyTorch", ("torch_version", "torch")))
+"""Provenance fields that are usually the same for every artefact of a profile: stated once when they are."""
+
+
+def _provenance_value(rec: dict, keys) -> str:
+    value = _field(rec, *keys)
+    if value is None:
+        return "—"
+    if keys[0] == "commit" and re.fullmatch(r"[0-9a-f]{13,}(-dirty)?", str(value)):
+        return str(value)[:10] + ("-dirty" if str(value).endswith("-dirty") else "")
+    return str(value)
+
+
 def provenance_tex(records: dict[str, dict], figs: list[str], tabs: list[str]) -> str:
-    """The appendix body: one entry per artefact the thesis uses, in order of appearance; a note first when
-    any of them was made from a working tree with uncommitted changes."""
+    """The appendix body: one table row per figure and table the thesis uses, keyed by its number
+    (``\\ref{prof:<name>}``, set by ``\\ProfFig``/``\\ProfTable`` in macros.tex), with the notebook that made it,
+    its data and the run's date; the fields shared by every artefact (commit, seed, device, torch) in one sentence
+    before it, the others as columns. A note comes first when any artefact was made from a working tree with
+    uncommitted changes. The full configuration of each artefact stays in provenance.json (named, not printed)."""
     by_short = {}
     for name, rec in records.items():
         by_short.setdefault(_short_name(name), rec)
-    used = [(records.get(n) or by_short.get(n)) for n in list(figs) + list(tabs)]
-    dirty = [rec for rec in used if rec is not None and is_dirty(rec)]
+    used = [(kind, name, records.get(name) or by_short.get(name)) for kind, names in (("图", figs), ("表", tabs))
+            for name in names]
+    dirty = [rec for _, _, rec in used if rec is not None and is_dirty(rec)]
     out = []
     if dirty:
-        out.append(f"\\noindent\\textbf{{注意：}}正文所用的 {len(used)} 项产物中有 {len(dirty)} 项是在工作区含有未提交修改"
-                   "（dirty）时生成的（下文以“工作区有未提交修改”标出）。这些产物所用的代码与记录的 commit 不完全一致，"
-                   "不能仅凭该 commit 精确复现。\\par\\medskip")
+        out.append(f"\\noindent\\textbf{{注意：}}正文所用的 {len(used)} 项图表中有 {len(dirty)} 项是在工作区含有未提交修改"
+                   "（dirty）时生成的（下表以“*”标出）。这些图表所用的代码与记录的代码提交不完全一致，不能仅凭该提交精确复现。\\par\\medskip")
     else:
-        out.append("\\noindent 正文所用的全部产物都是在工作区没有未提交修改时生成的，可由记录的 commit 复现。\\par\\medskip")
-    out += [r"\begin{description}[style=nextline,leftmargin=1.5em,font=\normalfont\ttfamily\small]",
-           r"\small\raggedright"]
-    for kind, names in (("图", figs), ("表", tabs)):
-        for name in names:
-            rec = records.get(name) or by_short.get(name)
-            label = f"{kind}：{tex_escape(name)}"
-            if rec is None:
-                out.append(f"\\item[{label}] provenance.json 中没有该产物的记录。")
-                continue
-            seconds = _field(rec, "wall_time", "wall_s", "wall_time_s", "seconds", "time_s")
-            try:
-                seconds_text = f"{float(seconds):.1f} s"
-            except (TypeError, ValueError):
-                seconds_text = tex_escape(seconds) if seconds is not None else "—"
-            commit = _field(rec, "commit", "git_commit", "git")
-            items = [
-                ("notebook", _field(rec, "notebook")),
-                ("commit", str(commit)[:12] if commit and re.fullmatch(r"[0-9a-f]{13,}", str(commit)) else commit),
-                ("数据集", _display_label(_field(rec, "dataset_label", "dataset", "data"))),
-                ("种子", _field(rec, "seed")),
-                ("设备", _field(rec, "device")),
-                ("torch", _field(rec, "torch_version", "torch")),
-                ("耗时", None),
-                ("创建（UTC）", _field(rec, "created", "created_utc", "time", "timestamp")),
-            ]
-            parts = []
-            for key, value in items:
-                if key == "耗时":
-                    parts.append(f"耗时：{seconds_text}")
-                else:
-                    parts.append(f"{key}：{tex_escape(value) if value is not None else '—'}")
-            config = tex_escape(_format_config(_field(rec, "config", "config_path", "params")))
-            if is_dirty(rec):
-                parts.append("\\textbf{工作区有未提交修改}")
-            out.append(f"\\item[{label}] " + "；".join(parts) + "。\\\\")
-            out.append(f"{{\\footnotesize\\raggedright 配置：\\texttt{{{config}}}\\par}}")
-    out.append(r"\end{description}")
+        out.append("正文所用的全部图表都是在工作区没有未提交修改时生成的，可由记录的代码提交复现。")
+    present = [rec for _, _, rec in used if rec is not None]
+    shared, varying = [], []
+    for title, keys in PROVENANCE_FIELDS:
+        values = {_provenance_value(rec, keys) for rec in present}
+        (shared if len(values) == 1 else varying).append((title, keys, next(iter(values)) if len(values) == 1 else None))
+    shared = [(title, keys, value) for title, keys, value in shared if value != "—"]  # unrecorded: not printed
+    if shared and present:
+        out.append("全部图表共同的来源：" + "；".join(f"{title} {tex_escape(value)}" for title, _, value in shared) + "。")
+    out.append("每项图表的完整配置（模型、采样器、步数、样本数）记录在仓库的 "
+               "\\texttt{figures/\\ProfileName/provenance.json} 中。\\par\\medskip")
+    cols = ["图表", "生成它的 notebook", "数据集"] + [title for title, _, _ in varying] + ["生成时间（UTC）"]
+    out += [r"{\small\centering", r"\begin{tabular}{" + "l" * len(cols) + "}", r"\toprule",
+            " & ".join(cols) + r" \\", r"\midrule"]
+    for kind, name, rec in used:
+        ref = f"{kind}~\\ref{{prof:{name}}}"
+        if rec is None:
+            out.append(f"{ref} & \\multicolumn{{{len(cols) - 1}}}{{l}}{{provenance.json 中没有该产物的记录}} \\\\")
+            continue
+        created = str(_field(rec, "created", "created_utc", "time", "timestamp") or "—").replace("T", " ").rstrip("Z")
+        row = [ref + ("*" if is_dirty(rec) else ""), tex_escape(_field(rec, "notebook") or "—"),
+               tex_escape(_display_label(_field(rec, "dataset_label", "dataset", "data")) or "—")]
+        row += [tex_escape(_provenance_value(rec, keys)) for _, keys, _ in varying]
+        row.append(tex_escape(created[:16]))
+        out.append(" & ".join(row) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}\par}"]
     return "\n".join(out) + "\n"
 
 
@@ -473,6 +515,7 @@ def profile_tex(fig_dir: Path, build_dir: Path, contract, defined: dict[str, str
             lines.append(f"\\expandafter\\def\\csname nbdata@{name}\\endcsname{{{tex_escape(label)}}}")
     lines += comparison_macros(defined)
     lines += guidance_macros(defined)
+    lines += finding_macros(defined, seed_runs(fig_dir))
     lines += config_macros(REPO / "configs")
     lines += code_macros(REPO)
     lines.append(f"\\addbibresource{{{tex_path(THESIS_DIR / 'references.bib')}}}")

@@ -13,6 +13,9 @@ Stale entries (another key for the same kind) are never exported; an older expor
 A training longer than a session is carried to the next one with ``--partial``: the unfinished entry
 ``<key>.partial`` is exported whole (its newest checkpoint *with* the optimiser state, ``history.jsonl``), and
 ``cached`` copies it back into an empty cache, where the training resumes from it.
+
+``--classifier`` exports the profile's proxy classifier (of ``common.cond``'s data, ``common.classifier_steps``
+steps) to ``weights/classifier/<key>.pt`` (``diffusion.metrics.classifier.export_classifier``).
 """
 
 from __future__ import annotations
@@ -78,6 +81,28 @@ def export(entry: Path, target: Path, partial: bool = False) -> int:
     return sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
 
 
+def export_profile_classifier(profile: str, out: str | None) -> int:
+    """Export the proxy classifier of ``profile`` (its conditional spec's data) from the cache."""
+    import os
+
+    import yaml
+
+    from diffusion.experiments import model_spec, proxy_classifier_inputs
+    from diffusion.metrics.classifier import export_classifier
+
+    if out:
+        os.environ["DDPM_WEIGHTS_DIR"] = str(out)
+    prof = yaml.safe_load((ROOT / "configs" / "profiles" / f"{profile}.yaml").read_text())
+    train, test, ccfg = proxy_classifier_inputs(model_spec(profile, "cond"), prof["common"].get("classifier_steps"))
+    try:
+        path = export_classifier(train, test, ccfg)
+    except FileNotFoundError as exc:
+        print(f"export_weights: {exc}", file=sys.stderr)
+        return 2
+    print(f"classifier of {train.label}: {path.relative_to(path.parents[1])} ({path.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--profile", required=True)
@@ -88,8 +113,13 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="weights root (default $DDPM_WEIGHTS_DIR or <repo>/weights)")
     p.add_argument("--partial", action="store_true",
                    help="export unfinished trainings (<key>.partial, with the optimiser state) to resume elsewhere")
+    p.add_argument("--classifier", action="store_true",
+                   help="export the profile's proxy classifier (weights/classifier/) instead of trained models")
     a = p.parse_args(argv)
     import os
+
+    if a.classifier:
+        return export_profile_classifier(a.profile, a.out)
 
     cache = Path(a.cache_dir or os.environ.get("DDPM_CACHE_DIR") or ROOT / "cache") / a.profile
     if not cache.is_dir():

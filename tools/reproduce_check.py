@@ -26,8 +26,11 @@ notebooks with N torch threads (``DDPM_THREADS``), which changes the reduction o
 does: the way to rehearse the cross-machine check on one machine. Conclusions that should survive another seed
 are checked by ``--seed N`` (every sampling and evaluation draw of the notebooks reseeded; the committed
 trained models are used) and ``--train-seed N`` (the models retrained with ``train.seed = N`` as well): the
-table then says which numbers and verdicts held. A mismatch, a missing or an extra number
-prints a table and exits with status 1; a failing run exits 2.
+table then says which numbers and verdicts held. ``--record`` (with ``--train-seed N``) keeps the regeneration's
+numbers as ``figures/<profile>/seeds/train-seed-N.tex`` and the table as ``train-seed-N.txt`` beside them, to be
+committed: the thesis then states as findings only the differences that held in both trainings
+(``tools/build_thesis.py``, ``\\Finding…``). A mismatch, a missing or an extra number prints a table and exits
+with status 1; a failing run exits 2.
 """
 
 from __future__ import annotations
@@ -263,8 +266,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=None,
                     help="another seed of every sampling and evaluation draw, with the committed trained models")
     ap.add_argument("--train-seed", type=int, default=None, help="retrain the models with this train.seed too")
+    ap.add_argument("--record", action="store_true",
+                    help="with --train-seed N: keep the numbers and the table in figures/<profile>/seeds/")
     ap.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.record and args.train_seed is None:
+        ap.error("--record keeps a regeneration with another training seed: give --train-seed N")
 
     if args.compare:
         for path in args.compare:
@@ -294,9 +301,29 @@ def main(argv: list[str] | None = None) -> int:
     how = [f"{args.threads} torch thread(s)"] if args.threads else []
     how += [f"sampling seed {args.seed}"] if args.seed is not None else []
     how += [f"training seed {args.train_seed}"] if args.train_seed is not None else []
-    print(f"figures/{args.profile}/numbers.tex of commit {head[:10]} against a regeneration from an empty cache"
-          + (f" with {', '.join(how)}" if how else "") + ":")
-    return report(committed, produced, exact=args.exact)
+    title = (f"figures/{args.profile}/numbers.tex of commit {head[:10]} against a regeneration from an empty cache"
+             + (f" with {', '.join(how)}" if how else "") + ":")
+    print(title)
+    status = report(committed, produced, exact=args.exact)
+    if args.record:
+        record(args.root.resolve() / "figures" / args.profile / "seeds", args.train_seed, title, committed, produced,
+               args.exact)
+    return status
+
+
+def record(folder: Path, train_seed: int, title: str, committed: str, produced: str, exact: bool) -> None:
+    """Write ``train-seed-<N>.tex`` (the produced numbers) and ``train-seed-<N>.txt`` (the full comparison)."""
+    import io
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"train-seed-{train_seed}.tex").write_text(produced, encoding="utf-8")
+    buf = io.StringIO()
+    rows = compare(parse_numbers(committed), parse_numbers(produced), exact=exact)
+    print(title, file=buf)
+    print(format_table(rows), file=buf)
+    report(committed, produced, out=buf, exact=exact)
+    (folder / f"train-seed-{train_seed}.txt").write_text(buf.getvalue(), encoding="utf-8")
+    print(f"recorded in {folder}/train-seed-{train_seed}.tex and .txt", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ accuracy, since a proxy is only as good as its classifier.
 
 Trained classifiers are cached under ``<cache>/classifier`` keyed by dataset name, digests of both
 splits, the hyper-parameters and the source digest of this module and what it imports (:mod:`.cache`), so
-a change to the network or its training never reuses a stale classifier.
+a change to the network or its training never reuses a stale classifier. A classifier too costly to retrain on
+every clean clone (the CIFAR-10 one) is committed as ``weights/classifier/<key>.pt`` with its key's inputs in
+``<key>.json`` (:func:`export_classifier`); a cache miss takes it from there unless ``DDPM_RETRAIN=1``.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from .fid import activation_statistics, frechet_distance, warn_if_few_samples
 from .images import to_uint8
 
 FEATURE_DIM = 128
+KEY_MODULES = ["diffusion.metrics.classifier"]  # the code a classifier's cache key covers
 
 
 @dataclass(frozen=True)
@@ -51,8 +54,9 @@ class ClassifierConfig:
 
 DEFAULT_CONFIGS = {
     "mnist5k": ClassifierConfig(width=16, steps=400),  # 98.4 % held-out, about a minute on one CPU core
-    "cifar10": ClassifierConfig(width=64, steps=6000, lr=2e-3, max_rotation=0.0, max_scale=0.0, hflip=True),
-    "cifar10-jpeg": ClassifierConfig(width=64, steps=6000, lr=2e-3, max_rotation=0.0, max_scale=0.0, hflip=True),
+    # 20 epochs of the 50,000 training images; trained once and committed (weights/classifier/)
+    "cifar10": ClassifierConfig(width=32, steps=8000, lr=2e-3, max_rotation=0.0, max_scale=0.0, hflip=True),
+    "cifar10-jpeg": ClassifierConfig(width=32, steps=8000, lr=2e-3, max_rotation=0.0, max_scale=0.0, hflip=True),
 }
 
 
@@ -184,15 +188,66 @@ def _train(train, test, cfg: ClassifierConfig, device: torch.device, progress: b
     return ProxyClassifier(net.eval(), accuracy, train.label, train.name, train.num_classes, cfg)
 
 
+def classifier_key(train, test, config: ClassifierConfig, device) -> tuple[str, dict]:
+    """The cache key of the classifier of ``train``/``test`` with ``config`` trained on ``device``, and the
+    inputs it is computed from (what :func:`export_classifier` records beside a committed classifier)."""
+    inputs = {"data": train.name, "train": train.digest, "test": test.digest,
+              "params": {**asdict(config), "device": torch.device(device).type}}
+    return key_of_inputs(inputs), inputs
+
+
+def key_of_inputs(inputs: dict) -> str:
+    """The key this code gives recorded classifier ``inputs`` (stale once the code or torch changed)."""
+    return cache_key(inputs["data"], inputs["train"], inputs["test"], params=inputs["params"], modules=KEY_MODULES)
+
+
+def committed_dir() -> Path:
+    """``weights/classifier`` (under ``$DDPM_WEIGHTS_DIR`` when set): committed classifiers."""
+    from ..report.cache import weights_root
+
+    return weights_root() / "classifier"
+
+
+def export_classifier(train, test, config: ClassifierConfig | None = None, device="cpu") -> Path:
+    """Copy the cached classifier of ``train``/``test`` to :func:`committed_dir` as ``<key>.pt`` with its
+    key's inputs in ``<key>.json``; other committed classifiers of the same dataset are removed."""
+    import json
+    import shutil
+
+    cfg = config or DEFAULT_CONFIGS.get(train.name, ClassifierConfig())
+    key, inputs = classifier_key(train, test, cfg, device)
+    src = Path(cache_dir("classifier")) / f"{key}.pt"
+    if not src.is_file():
+        raise FileNotFoundError(f"no cached classifier of {train.label} with this configuration at {src}; "
+                                "train it first (make figures, or load_classifier)")
+    out = committed_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.json"):
+        if old.stem != key and json.loads(old.read_text()).get("data") == train.name:
+            old.unlink()
+            old.with_suffix(".pt").unlink(missing_ok=True)
+    shutil.copy2(src, out / f"{key}.pt")
+    (out / f"{key}.json").write_text(json.dumps(inputs, indent=1, sort_keys=True) + "\n")
+    return out / f"{key}.pt"
+
+
 def cached_classifier(train, test, config: ClassifierConfig | None = None, device=None, progress: bool = True,
                       retrain: bool = False) -> ProxyClassifier:
     """:func:`train_classifier` with an on-disk cache keyed by dataset name, both splits' digests, ``config``,
-    the device type it is trained on and the source digest of this module (see :mod:`.cache`)."""
+    the device type it is trained on and the source digest of this module (see :mod:`.cache`); a miss is
+    filled from a committed classifier of the same key (:func:`committed_dir`) unless ``retrain`` or
+    ``DDPM_RETRAIN=1``."""
+    import os
+    import shutil
+
     cfg = config or DEFAULT_CONFIGS.get(train.name, ClassifierConfig())
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    key = cache_key(train.name, train.digest, test.digest, params={**asdict(cfg), "device": device.type},
-                    modules=["diffusion.metrics.classifier"])
+    key, _ = classifier_key(train, test, cfg, device)
     path = Path(cache_dir("classifier")) / f"{key}.pt"
+    committed = committed_dir() / f"{key}.pt"
+    if (not path.is_file() and not retrain and committed.is_file()
+            and os.environ.get("DDPM_RETRAIN", "") in ("", "0")):
+        shutil.copy2(committed, path)
     if path.is_file() and not retrain:
         state = torch.load(path, map_location=device, weights_only=True)
         net = SmallCNN(state["in_channels"], state["num_classes"], cfg.width).to(device)

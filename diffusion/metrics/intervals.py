@@ -26,7 +26,7 @@ import numpy as np
 from .fid import activation_statistics, frechet_distance
 from .kid import KidToReference
 
-__all__ = ["FrechetToReference", "bootstrap_ci", "format_ci", "jackknife_ci",
+__all__ = ["FrechetToReference", "bootstrap_ci", "diversity_ci", "format_ci", "jackknife_ci",
            "jackknife_difference_ci", "proxy_metrics_ci"]
 
 DEFAULT_RESAMPLES = 1000
@@ -107,6 +107,58 @@ def jackknife_difference_ci(values_a, values_b, statistic: Callable[[np.ndarray]
     low, high = estimate - z * se, estimate + z * se
     return {"estimate": estimate, "low": low, "high": high, "se": se, "level": float(level), "n_a": a["n"],
             "n_b": b["n"], "excludes_zero": bool(low > 0 or high < 0), "method": "jackknife"}
+
+
+def diversity_ci(features, labels, *, level: float = 0.95) -> dict:
+    """Within-class diversity (as :func:`.classifier.class_diversity`: for every class with at least two
+    samples the mean L2 distance between the features of two different samples, averaged over those classes)
+    with its delete-one jackknife interval (:func:`jackknife_ci`'s formula).
+
+    Leaving sample i out changes only its own class c, whose k samples have pairwise distance sum
+    S = Σ_j r_j (r_j the row sums of the class's distance matrix): the class mean becomes
+    (S − 2 r_i) / ((k − 1)(k − 2)), or the class drops out of the average when one sample is left. So the n
+    leave-one-out values cost one distance matrix per class instead of n recomputations.
+
+    Args:
+        features: (n, D) features; labels: (n,) class of each sample.
+
+    Returns:
+        ``{"estimate", "low", "high", "se", "level", "n", "method": "jackknife"}``.
+    """
+    f = np.asarray(features, dtype=np.float64)
+    labels = np.asarray(labels).reshape(-1)
+    if f.ndim != 2 or labels.shape != (f.shape[0],):
+        raise ValueError(f"features must be (n, D) and labels (n,), got {f.shape} and {labels.shape}")
+    _check_level(level)
+    n = f.shape[0]
+    classes = [c for c in np.unique(labels) if np.sum(labels == c) >= 2]
+    if not classes or n < 3:
+        raise ValueError("diversity_ci needs at least three samples and a class with at least two of them")
+    means, rows = {}, {}
+    for c in classes:
+        idx = np.flatnonzero(labels == c)
+        g = f[idx]
+        sq = (g * g).sum(1)
+        d = np.sqrt(np.clip(sq[:, None] + sq[None, :] - 2 * g @ g.T, 0.0, None))
+        np.fill_diagonal(d, 0.0)
+        k = len(idx)
+        rows[c] = (idx, d.sum(1), k)
+        means[c] = d.sum() / (k * (k - 1))
+    m, total = len(classes), sum(means.values())
+    reps = np.full(n, total / m)
+    for c in classes:
+        idx, r, k = rows[c]
+        if k >= 3:
+            reps[idx] = (total - means[c] + (r.sum() - 2 * r) / ((k - 1) * (k - 2))) / m
+        elif m > 1:
+            reps[idx] = (total - means[c]) / (m - 1)
+        else:
+            raise ValueError("diversity_ci needs a class with at least three samples when only one class has two")
+    se = float(np.sqrt((n - 1) / n * np.sum((reps - reps.mean()) ** 2)))
+    z = NormalDist().inv_cdf((1 + float(level)) / 2)
+    estimate = total / m
+    return {"estimate": float(estimate), "low": float(estimate - z * se), "high": float(estimate + z * se), "se": se,
+            "level": float(level), "n": n, "method": "jackknife"}
 
 
 class FrechetToReference:
