@@ -157,11 +157,13 @@ for which, spec in (("conditional", cond), ("unconditional", uncond)):
 # e[2i] = sin(t ω_i), e[2i+1] = cos(t ω_i): low dimensions oscillate fast in t, high ones slowly, so nearby
 # timesteps get similar codes and distant ones differ. The configuration's frequencies are drawn: DDPM's
 # ω_i = 10000^(−i/(d/2−1)) (`model.time_embed_freq_shift: 1`, the default) or eq. (16)'s 10000^(−2i/d) (0).
+# Drawn at the d of the conditional model this profile trains (d = its base channel count C).
 
 # %%
-T = cfg_tab.diffusion.num_timesteps
-d = cfg_tab.model.ch
-emb = timestep_embedding(torch.arange(T), d, cfg_tab.model.time_embed_freq_shift).numpy()
+cfg_emb = experiments.load_run_config(cond)
+T = cfg_emb.diffusion.num_timesteps
+d = cfg_emb.model.ch
+emb = timestep_embedding(torch.arange(T), d, cfg_emb.model.time_embed_freq_shift).numpy()
 fig, ax = plt.subplots(figsize=(5.0, 2.6))
 im = ax.imshow(emb.T, aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest",
                extent=(0.5, T + 0.5, d - 0.5, -0.5))
@@ -175,15 +177,15 @@ art.save_figure(fig, "time_embedding")
 # ## Hyper-parameters (`tab:hparams`, section 3.3.2) and those this profile trains with
 
 # %%
-DATASET_ZH = {"cifar10": "CIFAR-10", "cifar10-jpeg": "CIFAR-10（JPEG 副本）", "celeba64": "CelebA",
-              "celeba-6k": "CelebA 子集", "mnist5k": "MNIST-5k"}
+DATASET_ZH = {"cifar10": "CIFAR-10", "cifar10-jpeg": "CIFAR-10（JPEG q75 有损副本）", "celeba64": "CelebA",
+              "celeba-6k": "CelebA（6k 子集）", "mnist5k": "MNIST-5k"}
 SCHEDULE_ZH = {"linear": "线性", "cosine": "余弦", "quadratic": "二次"}
-columns = [(f"CIFAR-10（{table_config.split('/')[-1]}）", cfg_tab)]
+columns = [("完整设计：CIFAR-10", cfg_tab)]  # the configuration files the full profile trains with
 cfg_celeba = experiments.repo_root() / "configs" / "celeba64.yaml"
 if cfg_celeba.is_file():
-    columns.append(("CelebA（celeba64.yaml）", load_config(cfg_celeba)))
-columns += [(f"{profile}：条件模型", experiments.load_run_config(cond)),
-            (f"{profile}：无条件模型", experiments.load_run_config(uncond))]
+    columns.append(("完整设计：CelebA", load_config(cfg_celeba)))
+columns += [("本文训练：条件模型", experiments.load_run_config(cond)),
+            ("本文训练：无条件模型", experiments.load_run_config(uncond))]
 
 
 def fmt(v):

@@ -112,8 +112,9 @@ for ax, key, name in zip(axes, ("acc", "cfd", "div"),
     ax.errorbar(ws, [c["estimate"] for c in ci], fmt="o-", capsize=2,
                 yerr=np.clip([[c["estimate"] - c["low"] for c in ci], [c["high"] - c["estimate"] for c in ci]], 0, None))
     ax.set_xlabel("引导尺度 $w$"), ax.set_ylabel(name)
-axes[0].axhline(100 * clf.accuracy, color="k", ls=":", lw=0.8, label="分类器在真实测试图像上")
-axes[0].legend(loc="lower right")
+axes[0].axhline(100 * clf.accuracy, color="k", ls=":", lw=0.8)  # labelled at its left end: a legend covered points
+axes[0].text(ws.min(), 100 * clf.accuracy + 1, "分类器在真实测试图像上", ha="left", va="bottom", fontsize="x-small")
+axes[0].set_ylim(top=max(100 * clf.accuracy + 9, axes[0].get_ylim()[1]))  # room for that label above the line
 art.save_figure(fig, "guidance_sweep", dataset=report.dataset_label_zh(tm.data.label))
 
 for w, name in ((0.0, "CondAccWZero"), (1.0, "CondAccWOne"), (3.0, "CondAccWThree")):

@@ -290,7 +290,7 @@ art.number("EpsErrorImages", eps_error_images, "{:d}")
 
 # %%
 q_steps = min(50, T, quality_max_steps)
-VARIANT_TITLES = {"base": "基准 (base)", "narrow": "窄版 (narrow)", "shallow": "浅版 (shallow)"}
+VARIANT_TITLES = {"base": "基准模型", "narrow": "窄版", "shallow": "浅版"}
 MODEL_FIELDS = {"ch": "C", "ch_mult": "通道倍率", "num_res_blocks": "残差块数", "attn_resolutions": "注意力分辨率"}
 
 
@@ -538,32 +538,33 @@ art.number("BpdFixedLargePaperLzero", bres["fixed_large_paper"]["total"], "{:.2f
 art.number("BpdFixedSmall", bres["fixed_small"]["total"], "{:.2f}", dataset=tb.data.label)
 
 # %% [markdown]
-# ## 5. FID / IS (official Inception weights) beside the proxy numbers
+# ## 5. Summary of the metrics, with FID / IS where the official Inception weights exist
+# FID and IS rows appear only when the weights are on this machine; the proxy numbers always.
 
 # %%
 from diffusion.metrics.inception import weights_path  # noqa: E402
 
+e = report.escape_latex
+summary = res[memo_cond_key]
+setting = f"{SAMPLER_TITLES[memo_cond_key[0]]}{memo_cond_key[1]} 步，$w=1$，$n={summary['n']}$"
+mrows = []
 if os.path.isfile(weights_path()):
     from diffusion.metrics.fid import fid_from_images
     from diffusion.metrics.inception import inception_features_and_logits, load_inception
     from diffusion.metrics.inception_score import inception_score
 
     net = load_inception(allow_download=False)
-    xs = torch.from_numpy(res[memo_cond_key]["images"])
+    xs = torch.from_numpy(summary["images"])
     fid = fid_from_images(xs, test, net)
     is_mean, is_std = inception_score(inception_features_and_logits(xs, net)[1])
-    fid_text, is_text = f"{fid:.2f}", f"{is_mean:.2f} ± {is_std:.2f}（n = {len(xs)}，10 组）"
-    art.number("FIDStatus", f"FID 为 {fid:.2f}（{len(xs)} 幅样本）")
-else:
-    fid_text = is_text = "不可用：离线环境无法获得 Inception 官方权重"
-    art.number("FIDStatus", fid_text)
-key50 = ("ddim", q_steps)
-e = report.escape_latex
-setting = f"DDIM {q_steps} 步，$w=1$，$n={res[key50]['n']}$" if key50 in res else ""
-mrows = [["FID（Inception 官方权重）", e(fid_text)], ["Inception Score（IS）", e(is_text)],
-         [f"分类器 FD（{setting}）" if key50 in res else "分类器 FD", e(format_ci(res[key50]['cfd'])) if key50 in res else "—"],
-         [f"条件准确率（\\%，{setting}）" if key50 in res else "条件准确率（\\%）",
-          e(format_ci(res[key50]['acc'])) if key50 in res else "—"],
-         ["代理分类器留出集准确率（\\%）", f"{100 * clf.accuracy:.1f}"],
-         ["负对数似然上界，fixed-large（bits/dim）", f"{bres['fixed_large']['total']:.3f}"]]
+    mrows += [[f"FID（Inception 官方权重，{setting}）", f"{fid:.2f}"],
+              [f"Inception Score（{setting}，10 组）", e(f"{is_mean:.2f} ± {is_std:.2f}")]]
+mrows += [[f"分类器 FD（{setting}）", e(format_ci(summary["cfd"]))],
+          [f"KID（{setting}）", e(format_ci(summary["kid"]))],
+          [f"条件准确率（\\%，{setting}）", e(format_ci(summary["acc"], "{:.1f}"))],
+          ["代理分类器留出集准确率（\\%）", f"{100 * clf.accuracy:.1f}"],
+          [f"无条件模型 FD（{e(fs.name)}，$n={uq['samples']['n']}$）", e(format_ci(uq["samples"]["cfd"]))],
+          ["无条件模型 KID（同上）", e(format_ci(uq["samples"]["kid"]))],
+          [f"负对数似然上界，fixed-large（bits/dim，$n={len(x_test)}$）",
+           e(format_ci(bres["fixed_large"]["ci"], "{:.3f}")) if bres["fixed_large"]["ci"] else f"{bres['fixed_large']['total']:.3f}"]]
 art.save_table("metrics_summary", report.booktabs_tabular(["指标", "取值"], mrows, align="ll", escape=False))

@@ -194,7 +194,7 @@ def test_provenance_appendix_says_when_artefacts_come_from_a_dirty_tree():
     assert "全部图表都是在工作区没有未提交修改时生成的" in tex and "*" not in tex
     dirty = dict(clean, hparams={"notebook": "03_unet", "commit": "abcdef0123456789", "dirty": True})
     tex = build_thesis.provenance_tex(dirty, ["loss_curve"], ["hparams"])
-    assert "2 项图表中有 1 项" in tex and "表~\\ref{prof:hparams}* &" in tex and "图~\\ref{prof:loss_curve} &" in tex
+    assert "2 项图表中有 1 项" in tex and "表~\\ref{prof:tab:hparams}* &" in tex and "图~\\ref{prof:fig:loss_curve} &" in tex
     legacy = dict(clean, loss_curve={"notebook": "04_training", "commit": "abcdef0123456789-dirty"})
     assert "2 项图表中有 1 项" in build_thesis.provenance_tex(legacy, ["loss_curve"], ["hparams"])
 
@@ -331,18 +331,18 @@ def test_provenance_appendix_lists_each_artefact(tmp_path):
                               "config": {"train": {"batch_size": 64}}, "created": "2025-01-01T00:00:00Z"},
                "tables/hparams.tex": {"notebook": "03_unet"}}
     tex = build_thesis.provenance_tex(records, ["loss_curve"], ["hparams", "bpd"])
-    row = next(line for line in tex.splitlines() if line.startswith("图~\\ref{prof:loss_curve}"))
+    row = next(line for line in tex.splitlines() if line.startswith("图~\\ref{prof:fig:loss_curve}"))
     # commit, seed and device differ between the two records: columns, not the shared sentence
-    assert row.split(" & ") == ["图~\\ref{prof:loss_curve}", "04\\_training", "MNIST-5k", "abcdef0123", "3", "cpu",
+    assert row.split(" & ") == ["图~\\ref{prof:fig:loss_curve}", "04\\_training", "MNIST-5k", "abcdef0123", "3", "cpu",
                                 "2025-01-01 00:00 \\\\"]
     assert "03\\_unet" in tex and "共同的来源" not in tex
-    assert "表~\\ref{prof:bpd} & \\multicolumn{6}{l}{provenance.json 中没有该产物的记录}" in tex
+    assert "表~\\ref{prof:tab:bpd} & \\multicolumn{6}{l}{provenance.json 中没有该产物的记录}" in tex
     assert "PyTorch" not in tex  # recorded by neither
     same = {"a": {"notebook": "04_training", "git_commit": "abcdef0123456789", "seed": 0, "device": "AMD EPYC",
                   "torch_version": "2.14.1", "dataset": "MNIST-5k at 16×16", "created_utc": "2026-11-30T10:51:08Z"}}
     tex = build_thesis.provenance_tex(same, ["a"], [])
     assert "全部图表共同的来源：commit abcdef0123；随机种子 0；设备 AMD EPYC；PyTorch 2.14.1。" in tex
-    assert "图~\\ref{prof:a} & 04\\_training & MNIST-5k（16×16） & 2026-11-30 10:51 \\\\" in tex
+    assert "图~\\ref{prof:fig:a} & 04\\_training & MNIST-5k（16×16） & 2026-11-30 10:51 \\\\" in tex
 
 
 def test_tex_escape_and_paths():

@@ -448,7 +448,7 @@ def _provenance_value(rec: dict, keys) -> str:
 
 def provenance_tex(records: dict[str, dict], figs: list[str], tabs: list[str]) -> str:
     """The appendix body: one table row per figure and table the thesis uses, keyed by its number
-    (``\\ref{prof:<name>}``, set by ``\\ProfFig``/``\\ProfTable`` in macros.tex), with the notebook that made it,
+    (``\\ref{prof:fig:<name>}`` or ``prof:tab:<name>``, set by ``\\ProfFig``/``\\ProfTable`` in macros.tex), with the notebook that made it,
     its data and the run's date; the fields shared by every artefact (commit, seed, device, torch) in one sentence
     before it, the others as columns. A note comes first when any artefact was made from a working tree with
     uncommitted changes. The full configuration of each artefact stays in provenance.json (named, not printed)."""
@@ -478,7 +478,7 @@ def provenance_tex(records: dict[str, dict], figs: list[str], tabs: list[str]) -
     out += [r"{\small\centering", r"\begin{tabular}{" + "l" * len(cols) + "}", r"\toprule",
             " & ".join(cols) + r" \\", r"\midrule"]
     for kind, name, rec in used:
-        ref = f"{kind}~\\ref{{prof:{name}}}"
+        ref = f"{kind}~\\ref{{prof:{'fig' if kind == '图' else 'tab'}:{name}}}"
         if rec is None:
             out.append(f"{ref} & \\multicolumn{{{len(cols) - 1}}}{{l}}{{provenance.json 中没有该产物的记录}} \\\\")
             continue
