@@ -70,26 +70,79 @@ def test_exported_weights_replace_training_exactly(tiny, tmp_path, monkeypatch, 
         experiments.trained_model(art3, spec, "cond", dev=torch.device("cpu"))
 
 
+def test_the_models_of_another_training_seed_are_exported_beside(tmp_path, monkeypatch):
+    """One export per training seed: exporting seed 0 again replaces seed 0's folder (its unfinished export too)
+    and leaves seed 7's, and both serve their own keys."""
+    monkeypatch.setattr(experiments, "load_run_config",
+                        lambda spec: tiny_cfg(sample_every=[3], seed=int((spec.get("set") or {}).get("train.seed", 0))))
+    monkeypatch.setattr(experiments, "load_data", lambda spec, split="train", cfg=None: tiny_data())
+    monkeypatch.setenv("DDPM_WEIGHTS_DIR", str(tmp_path / "weights"))
+    monkeypatch.delenv("DDPM_RETRAIN", raising=False)
+    cache = tmp_path / "cache"
+    art = report.Artefacts("smoke", "04_training", tmp_path / "out", cache_root=cache)
+    spec = {"stage": {"num": 4, "steps": 2}}
+    seed0 = experiments.trained_model(art, spec, "cond", dev=torch.device("cpu"))
+    seed7 = experiments.trained_model(art, experiments.with_overrides(spec, {"train.seed": 7}), "cond",
+                                      dev=torch.device("cpu"))
+    assert seed0.entry.key != seed7.entry.key
+    kind = tmp_path / "weights" / "smoke" / "train-cond"
+    kind.mkdir(parents=True)
+    stale = kind / "0123456789abcdef01234567.partial"  # an unfinished export of seed 0, now superseded
+    stale.mkdir()
+    (stale / "inputs.json").write_text((seed0.entry.path / "inputs.json").read_text())
+    assert _export_main()(["--profile", "smoke", "--cache-dir", str(cache), "--kinds", "train-*"]) == 0
+    assert sorted(p.name for p in kind.iterdir()) == sorted([seed0.entry.key, seed7.entry.key])
+    assert _export_main()(["--profile", "smoke", "--cache-dir", str(cache), "--kinds", "train-*"]) == 0
+    assert sorted(p.name for p in kind.iterdir()) == sorted([seed0.entry.key, seed7.entry.key])
+    fresh = report.Artefacts("smoke", "04_training", tmp_path / "out2", cache_root=tmp_path / "cache2")
+    again = experiments.trained_model(fresh, experiments.with_overrides(spec, {"train.seed": 7}), "cond",
+                                      dev=torch.device("cpu"))
+    assert again.entry.source == "weights" and again.entry.key == seed7.entry.key
+    assert torch.equal(flat(again.model.parameters()), flat(seed7.model.parameters()))
+
+
 def test_export_refuses_an_empty_cache(tmp_path, capsys):
     assert _export_main()(["--profile", "smoke", "--cache-dir", str(tmp_path), "--out", str(tmp_path / "w")]) == 2
     assert "no cache for profile" in capsys.readouterr().err
 
 
 def _committed_models():
-    """(profile, which, folder) of every committed trained model, finished or carried over unfinished."""
+    """(profile, kind, folder) of every committed trained model and width/depth variant, finished or carried over
+    unfinished, of any training seed."""
     found = []
-    for kind_dir in sorted((ROOT / "weights").glob("*/train-*")):
-        which = kind_dir.name.removeprefix("train-")
-        found += [(kind_dir.parent.name, which, d) for d in sorted(kind_dir.iterdir()) if d.is_dir()]
+    for kind_dir in sorted([*(ROOT / "weights").glob("*/train-*"), *(ROOT / "weights").glob("*/variant-*")]):
+        found += [(kind_dir.parent.name, kind_dir.name, d) for d in sorted(kind_dir.iterdir()) if d.is_dir()]
     return found
 
 
-@pytest.mark.parametrize("profile, which, folder", _committed_models(),
+def _expected_spec(profile: str, kind: str, seed) -> tuple[dict, str, str]:
+    """(spec, which, producer) the notebooks give a committed model of ``kind`` trained with ``train.seed = seed``:
+    the profile's spec (04_training), or a width/depth variant of its conditional spec (06_ablations)."""
+    import yaml
+
+    def seeded(spec):
+        return spec if seed == spec_seed(spec) else experiments.with_overrides(spec, {"train.seed": seed})
+
+    def spec_seed(spec):
+        return experiments.load_run_config(spec).train.seed
+
+    if kind.startswith("train-"):
+        which = kind.removeprefix("train-")
+        return seeded(experiments.model_spec(profile, which)), which, experiments.TRAIN_PRODUCER
+    prof = yaml.safe_load((ROOT / "configs" / "profiles" / f"{profile}.yaml").read_text())
+    params = {**prof.get("common", {}), **(prof.get("notebooks", {}).get("06_ablations") or {})}
+    name = kind.removeprefix("variant-")
+    return (experiments.variant_spec(seeded(experiments.model_spec(profile, "cond")), params["variants"][name],
+                                     params["variant_steps"], params["variant_batch"]), "cond", "06_ablations")
+
+
+@pytest.mark.parametrize("profile, kind, folder", _committed_models(),
                          ids=lambda v: v.name if isinstance(v, Path) else str(v))
-def test_committed_models_are_current(profile, which, folder):
-    """Each committed model sits under the key the current code gives its profile's spec: the same
-    configuration, data, stage samples, torch version and training fingerprint. A change of what training
-    computes changes the fingerprint; then retrain, export and regenerate the profile's figures in one commit."""
+def test_committed_models_are_current(profile, kind, folder):
+    """Each committed model sits under the key the current code gives its profile's spec (a width/depth variant:
+    notebook 06's variant of it; another training seed: the spec with that seed): the same configuration, data,
+    stage samples, torch version and training fingerprint. A change of what training computes changes the
+    fingerprint; then retrain, export and regenerate the profile's figures in one commit."""
     from diffusion.data import DatasetNotFoundError
     from diffusion.fingerprint import training_fingerprint
     from diffusion.report.cache import cache_key
@@ -99,12 +152,12 @@ def test_committed_models_are_current(profile, which, folder):
         f"{folder.relative_to(ROOT)} was trained by code whose training fingerprint was "
         f"{recorded.get('fingerprint')}; this code's is {training_fingerprint()}: training computes something "
         f"else now. Retrain (make figures PROFILE={profile}), export (tools/export_weights.py) and commit both")
-    spec = experiments.model_spec(profile, which)
+    spec, which, producer = _expected_spec(profile, kind, recorded["parts"]["config"]["train"]["seed"])
     try:
         parts = experiments.training_key(spec, which)
     except DatasetNotFoundError:  # the offline copies are not on this machine: their recorded digest stands in
         parts = experiments.training_key(spec, which, data_digest=recorded["parts"]["data"])
-    key, inputs = cache_key(parts, experiments.TRAIN_PRODUCER, fingerprint=training_fingerprint())
+    key, inputs = cache_key(parts, producer, fingerprint=training_fingerprint())
     assert inputs["parts"] == recorded["parts"], f"{folder.relative_to(ROOT)}: the profile's spec changed"
     assert key == folder.name.removesuffix(".partial"), f"{folder.relative_to(ROOT)} is stale: its key is now {key}"
 

@@ -8,7 +8,9 @@ inputs recorded in its ``inputs.json``: same code, Python and torch version) the
 ``config.json``, ``metrics.jsonl`` and stage samples (``samples/*.npz``), and its newest checkpoint without
 the optimiser state (EMA and raw weights, step, configuration). ``diffusion.report.cache.cached`` copies such a
 folder into the cache when the same key is asked for, so notebooks use the weights instead of training.
-Stale entries (another key for the same kind) are never exported; an older export of the same kind is removed.
+Stale entries (another key for the same kind) are never exported; an older export of the same kind and the same
+training seed (``train.seed``) is removed, while the models of another training seed (``tools/train_profile.py
+--train-seed N``, what ``make reproduce-check TRAIN_SEED=N`` regenerates the figures with) stay beside it.
 
 A training longer than a session is carried to the next one with ``--partial``: the unfinished entry
 ``<key>.partial`` is exported whole (its newest checkpoint *with* the optimiser state, ``history.jsonl``), and
@@ -50,6 +52,13 @@ def current(entry: Path) -> bool:
     """Whether the entry's key (its folder name, without ``.partial``) is current in this tree."""
     inputs = json.loads((entry / "inputs.json").read_text())
     return current_key(inputs) == entry.name.removesuffix(".partial")
+
+
+def train_seed(entry: Path):
+    """``train.seed`` of a trained model's recorded configuration (None for other entries)."""
+    parts = json.loads((entry / "inputs.json").read_text()).get("parts")
+    config = parts.get("config") if isinstance(parts, dict) else None
+    return (config or {}).get("train", {}).get("seed") if isinstance(config, dict) else None
 
 
 def export(entry: Path, target: Path, partial: bool = False) -> int:
@@ -108,7 +117,8 @@ def main(argv=None) -> int:
     p.add_argument("--profile", required=True)
     p.add_argument("--kinds", default="train-cond,train-uncond",
                    help="comma-separated kinds (shell patterns); the width/depth variants (variant-*) are left out "
-                        "by default: 9 MB each with EMA and raw weights, and retrained in minutes")
+                        "by default (retrained in minutes for the MNIST profiles); add them for a profile whose variants "
+                        "train for hours (cpu: --kinds 'train-*,variant-*')")
     p.add_argument("--cache-dir", default=None, help="cache root (default $DDPM_CACHE_DIR or <repo>/cache)")
     p.add_argument("--out", default=None, help="weights root (default $DDPM_WEIGHTS_DIR or <repo>/weights)")
     p.add_argument("--partial", action="store_true",
@@ -140,15 +150,25 @@ def main(argv=None) -> int:
                        and current(e)]
         else:
             entries = [e for e in kind_dir.iterdir() if e.is_dir() and (e / "result.json").is_file() and current(e)]
-        if len(entries) != 1:
-            print(f"export_weights: {kind_dir.name}: {len(entries)} current entries, need exactly one; skipped",
-                  file=sys.stderr)
-            continue
-        entry = entries[0]
-        shutil.rmtree(out_root / kind_dir.name, ignore_errors=True)
-        size = export(entry, out_root / kind_dir.name / entry.name, partial=a.partial)
-        print(f"{kind_dir.name}/{entry.name}: {size / 2**20:.1f} MiB")
-        done += 1
+        by_seed: dict = {}
+        for entry in entries:
+            by_seed.setdefault(train_seed(entry), []).append(entry)
+        if not by_seed:
+            print(f"export_weights: {kind_dir.name}: no current entry; skipped", file=sys.stderr)
+        for seed, group in sorted(by_seed.items(), key=lambda item: str(item[0])):
+            if len(group) != 1:
+                print(f"export_weights: {kind_dir.name}: {len(group)} current entries of training seed {seed}, need "
+                      "exactly one; skipped", file=sys.stderr)
+                continue
+            entry = group[0]
+            target_kind = out_root / kind_dir.name
+            if target_kind.is_dir():  # an older export of this seed, finished or not, is replaced
+                for old in target_kind.iterdir():
+                    if old.is_dir() and (old / "inputs.json").is_file() and train_seed(old) == seed:
+                        shutil.rmtree(old)
+            size = export(entry, target_kind / entry.name, partial=a.partial)
+            print(f"{kind_dir.name}/{entry.name}: {size / 2**20:.1f} MiB")
+            done += 1
     if not done:
         print("export_weights: nothing exported", file=sys.stderr)
         return 2

@@ -29,7 +29,9 @@ trained models are used) and ``--train-seed N`` (the models retrained with ``tra
 table then says which numbers and verdicts held. ``--record`` (with ``--train-seed N``) keeps the regeneration's
 numbers as ``figures/<profile>/seeds/train-seed-N.tex`` and the table as ``train-seed-N.txt`` beside them, to be
 committed: the thesis then states as findings only the differences that held in both trainings
-(``tools/build_thesis.py``, ``\\Finding…``). A mismatch, a missing or an extra number prints a table and exits
+(``tools/build_thesis.py``, ``\\Finding…``). Where retraining the profile takes longer than one sitting, its models
+of seed N are trained and committed beforehand (``tools/train_profile.py --train-seed N``, resumable) and
+``--use-weights`` regenerates from them. A mismatch, a missing or an extra number prints a table and exits
 with status 1; a failing run exits 2.
 """
 
@@ -217,7 +219,8 @@ def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 
 def regenerate(root: Path, profile: str, venv: Path, work: Path, threads: int | None = None,
-               seed: int | None = None, train_seed: int | None = None) -> tuple[str, str, str]:
+               seed: int | None = None, train_seed: int | None = None,
+               use_weights: bool = False) -> tuple[str, str, str]:
     """Clone ``root``'s HEAD into ``work/repo``, run ``make figures`` there with an empty cache under
     ``work`` (``threads``: torch threads of every notebook; ``seed``: their sampling and evaluation seed, with
     the committed trained models; ``train_seed``: the models' training seed); returns (commit, committed
@@ -233,7 +236,7 @@ def regenerate(root: Path, profile: str, venv: Path, work: Path, threads: int | 
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}  # a fresh make
     # DDPM_RETRAIN: committed weights (weights/<profile>/) would skip the training being reproduced
     env.update(DDPM_CACHE_DIR=str(work / "cache"), DDPM_CACHE=str(work / "cache-data"), PYTHONPATH=str(clone))
-    if seed is None or train_seed is not None:  # another sampling seed alone keeps the committed models
+    if (seed is None or train_seed is not None) and not use_weights:  # another sampling seed keeps the models
         env["DDPM_RETRAIN"] = "1"
     for name, value in (("DDPM_THREADS", threads), ("DDPM_SEED", seed), ("DDPM_TRAIN_SEED", train_seed)):
         if value is not None:
@@ -266,12 +269,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=None,
                     help="another seed of every sampling and evaluation draw, with the committed trained models")
     ap.add_argument("--train-seed", type=int, default=None, help="retrain the models with this train.seed too")
+    ap.add_argument("--use-weights", action="store_true",
+                    help="with --train-seed N: take the models of that seed from the committed weights/<profile>/ "
+                         "(trained by tools/train_profile.py --train-seed N, possibly over several sessions) "
+                         "instead of retraining them")
     ap.add_argument("--record", action="store_true",
                     help="with --train-seed N: keep the numbers and the table in figures/<profile>/seeds/")
     ap.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.record and args.train_seed is None:
         ap.error("--record keeps a regeneration with another training seed: give --train-seed N")
+    if args.use_weights and args.train_seed is None:
+        ap.error("--use-weights takes the committed models of another training seed: give --train-seed N")
 
     if args.compare:
         for path in args.compare:
@@ -289,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="ddpm-reproduce-"))
     try:
         head, committed, produced = regenerate(args.root.resolve(), args.profile, venv, work, args.threads,
-                                               args.seed, args.train_seed)
+                                               args.seed, args.train_seed, args.use_weights)
     except (RuntimeError, subprocess.CalledProcessError) as err:
         print(f"reproduce-check: error: {err}", file=sys.stderr)
         return 2
@@ -300,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     how = [f"{args.threads} torch thread(s)"] if args.threads else []
     how += [f"sampling seed {args.seed}"] if args.seed is not None else []
-    how += [f"training seed {args.train_seed}"] if args.train_seed is not None else []
+    how += [f"training seed {args.train_seed}" + (" (committed models of that seed)" if args.use_weights else "")] \
+        if args.train_seed is not None else []
     title = (f"figures/{args.profile}/numbers.tex of commit {head[:10]} against a regeneration from an empty cache"
              + (f" with {', '.join(how)}" if how else "") + ":")
     print(title)
