@@ -184,12 +184,9 @@ if quality:
         d = jackknife_difference_ci(np.arange(len(last[2])), np.arange(len(prev[2])), kid_of.on_indices(last[2]),
                                     statistic_b=kid_of.on_indices(prev[2]))
         art.number("StagePrevStep", prev[0], "{:,d}")
-        art.number("StageKidLastDiff", format_ci(d))
-        art.number("StageKidLastVerdict", "区间不含 0，模型在最后一段训练中仍有可测的改进，尚未收敛" if d["excludes_zero"]
-                   and d["estimate"] < 0 else "区间不含 0，KID 在最后一段训练中反而上升" if d["excludes_zero"]
-                   else "区间含 0，最后一段训练带来的变化未超出抽样误差")
+        art.number("StageKidLastDiff", format_ci(d))  # the thesis words it (\FindingStageKidLast)
     else:
-        for name in ("StagePrevStep", "StageKidLastDiff", "StageKidLastVerdict"):
+        for name in ("StagePrevStep", "StageKidLastDiff"):
             art.number(name, "n/a（只有一个训练阶段）")
 
 # %% [markdown]

@@ -133,16 +133,12 @@ fd_ref = FrechetToReference.from_features(ref_feats)
 for (wa, wb), word in (((1.0, 0.0), "OneZero"), ((3.0, 1.0), "ThreeOne")):
     if wa in results and wb in results:
         acc_d = bootstrap_ci(100.0 * (results[wa]["correct"].astype(float) - results[wb]["correct"]), np.mean, seed=seed)
-        acc_d["excludes_zero"] = acc_d["low"] > 0 or acc_d["high"] < 0
         cfd_d = jackknife_difference_ci(results[wa]["feats"], results[wb]["feats"], fd_ref)
-        for name, d in (("AccDiff", acc_d), ("CfdDiff", cfd_d)):
+        for name, d in (("AccDiff", acc_d), ("CfdDiff", cfd_d)):  # worded by the thesis (\Finding…)
             art.number(f"{name}{word}", format_ci(d))
-            art.number(f"{name}{word}Verdict", "区间不含 0，差异超出了抽样误差" if d["excludes_zero"]
-                       else "区间含 0，差异未超出抽样误差")
     else:
         for name in ("AccDiff", "CfdDiff"):
-            art.number(f"{name}{word}", "n/a")
-            art.number(f"{name}{word}Verdict", f"(w = {wa:g} or {wb:g} not in this profile's sweep)")
+            art.number(f"{name}{word}", f"n/a (w = {wa:g} or {wb:g} not in this profile's sweep)")
 best = min(guidance_scales, key=lambda w: results[w]["cfd"])
 art.number("BestGuidanceScale", best, "{:g}")
 art.number("DefaultGuidanceScale", default_scale, "{:g}")

@@ -84,6 +84,7 @@ def test_exact_mismatch_fails_with_a_table(capsys, produced, name, status):
 STATISTICAL = textwrap.dedent(r"""
     \newcommand{\SamplerKidDiff}{0.222 [0.014, 0.431]}
     \newcommand{\SamplerKidVerdict}{区间不含 0，差异超出了抽样误差}
+    \newcommand{\AccDiffOneZero}{80.5 [77.6, 83.3]}
     \newcommand{\WidthCfdNarrow}{212.9}
     \newcommand{\WidthNarrowCfdInterval}{[195.5, 230.3]}
     \newcommand{\ClassifierAccuracy}{98.3}
@@ -102,8 +103,12 @@ def _with(text, **values):
 
 @pytest.mark.parametrize("changes, name, status", [
     # another CPU's retraining, as measured: the difference lies within the combined interval
-    ({"SamplerKidDiff": "0.239 [-0.005, 0.483]"}, "SamplerKidDiff", "agrees"),
+    ({"SamplerKidDiff": "0.26 [0.03, 0.49]"}, "SamplerKidDiff", "agrees"),
     ({"SamplerKidDiff": "0.90 [0.70, 1.10]"}, "SamplerKidDiff", "DIFFERS"),
+    # ... but a difference must keep its verdict too: the measured flip from "excludes 0" to "contains 0" fails
+    ({"SamplerKidDiff": "0.239 [-0.005, 0.483]"}, "SamplerKidDiff", "VERDICT"),
+    ({"SamplerKidDiff": "-0.01 [-0.20, -0.001]"}, "SamplerKidDiff", "VERDICT"),
+    ({"AccDiffOneZero": "79.0 [76.1, 81.8]"}, "AccDiffOneZero", "agrees"),  # "Diff" inside the name
     # a value with a companion interval of the same words, in another order
     ({"WidthCfdNarrow": "233.0", "WidthNarrowCfdInterval": "[215.9, 250.2]"}, "WidthCfdNarrow", "agrees"),
     ({"WidthCfdNarrow": "233.0", "WidthNarrowCfdInterval": "[215.9, 250.2]"}, "WidthNarrowCfdInterval", "agrees"),

@@ -169,6 +169,8 @@ def test_findings_hold_in_every_training_seed(tmp_path, main, other, expected):
                                          "CondAccWThree": "93.5"}, runs)
     assert f"\\newcommand{{\\FindingStepsDdimVsFullKid}}[3]{{{expected}}}" in lines
     assert not any("FindingStepsDdimVsFullKidVerdict" in line for line in lines)
+    more = build_thesis.finding_macros({"AccDiffOneZero": "4.0 [2.0, 6.0]", "StageKidLastDiff": "n/a（只有一个训练阶段）"}, {})
+    assert "\\newcommand{\\FindingAccDiffOneZero}[3]{#1}" in more and "\\newcommand{\\FindingStageKidLast}[3]{#3}" in more
     assert ("\\newcommand{\\IfSeedRuns}[2]{#1}" in lines) == (other is not None)
     assert any("seedvalue@CondAccWThree\\endcsname{91.0}" in line for line in lines) == (other is not None)
 

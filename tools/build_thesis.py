@@ -355,15 +355,16 @@ def seed_runs(fig_dir: Path) -> dict[int, dict[str, str]]:
 
 
 def finding_macros(defined: dict[str, str], runs: dict[int, dict[str, str]]) -> list[str]:
-    r"""What the text may state as a finding, per difference macro ``<X>Diff`` (``d [low, high]``):
+    r"""What the text may state as a finding, per difference macro (a name containing ``Diff``, value
+    ``d [low, high]``; ``\Finding<X>`` for ``<X>Diff``, ``\Finding<Name>`` for ``AccDiffOneZero`` and the like):
     ``\Finding<X>{above}{below}{neither}`` expands to ``above`` when the interval lies above 0 in the main run
     and in every recorded regeneration with another training seed (``runs``), to ``below`` when below 0 in all,
-    and to ``neither`` otherwise (an interval containing 0 in some run, runs disagreeing, or a run without the
-    number). ``\SeedValue{Name}`` is the value of macro ``Name`` in the first other-seed run (``—`` when none),
+    and to ``neither`` otherwise (an interval containing 0 in some run, runs disagreeing, a run without the
+    number, or no interval at all, e.g. "n/a"). ``\SeedValue{Name}`` is the value of macro ``Name`` in the first other-seed run (``—`` when none),
     ``\SeedRunCount`` the number of such runs, ``\SeedRunList`` their seeds, ``\IfSeedRuns{yes}{no}``."""
     lines = []
     for name, text in defined.items():
-        if not name.endswith("Diff") or difference_interval(text) is None:
+        if "Diff" not in name:
             continue
         intervals = [difference_interval(text)] + [difference_interval(run.get(name)) for run in runs.values()]
         if all(iv is not None and iv[1] > 0 for iv in intervals):
@@ -372,7 +373,7 @@ def finding_macros(defined: dict[str, str], runs: dict[int, dict[str, str]]) -> 
             body = "#2"
         else:
             body = "#3"
-        lines.append(f"\\newcommand{{\\Finding{name[:-len('Diff')]}}}[3]{{{body}}}")
+        lines.append(f"\\newcommand{{\\Finding{name.removesuffix('Diff')}}}[3]{{{body}}}")
     first = next(iter(runs.values()), {})
     for name, text in first.items():
         lines.append(f"\\expandafter\\def\\csname seedvalue@{name}\\endcsname{{{text}}}")

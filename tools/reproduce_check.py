@@ -16,7 +16,9 @@ families and thread counts, and training amplifies it: a regeneration elsewhere 
   macro of the same words) agrees when the difference of the two runs lies within their combined
   interval: ``|b − a| ≤ sqrt(h_a² + h_b²)``, with each run's half-width on the side facing the other;
 * a number without an interval agrees within :data:`REL_TOL` (10 %) of the larger magnitude;
-* every other string (verdicts such as "区间含 0…", labels, versions) must be identical;
+* a difference (a name containing ``Diff``) must also keep its verdict, the side of 0 its interval lies on
+  (above, below, or containing 0: what the thesis's ``\\Finding…`` wording follows); else its status is ``VERDICT``;
+* every other string (labels, versions) must be identical;
 * timing and machine numbers, recognised by a word of their CamelCase name (:data:`TIMING_WORDS`:
   ``StepsTimeFull``, ``CondTrainMinutes``, ``DeviceName``, ...), are listed but never compared.
 
@@ -168,13 +170,22 @@ def _statistical_status(name, old, new, committed, produced, pairs_a, pairs_b) -
         if ia is not None and ib is not None and not (ia[0] <= a <= ia[1] and ib[0] <= b <= ib[1]):
             ia = ib = None  # a companion that does not hold the value is not its interval
     if ia is not None and ib is not None:
+        if "Diff" in name and side_of_zero(ia) != side_of_zero(ib):
+            return "VERDICT"  # a difference the thesis words by the side of 0 its interval lies on (\Finding…)
         return "agrees" if agree_within_intervals(a, ia, b, ib) else "DIFFERS"
     if ia is not None or ib is not None:
         return "DIFFERS"  # an interval printed in one run only
     return "close" if abs(b - a) <= REL_TOL * max(abs(a), abs(b)) else "DIFFERS"
 
 
-FAILING = ("DIFFERS", "MISSING", "EXTRA")
+FAILING = ("DIFFERS", "VERDICT", "MISSING", "EXTRA")
+
+
+def side_of_zero(interval: tuple[float, float] | None) -> str | None:
+    """Where a difference's interval lies: ``"above"`` or ``"below"`` 0, ``"contains"`` it, None without one."""
+    if interval is None:
+        return None
+    return "above" if interval[0] > 0 else "below" if interval[1] < 0 else "contains"
 
 
 def format_table(rows: list[tuple[str, str, str, str]], only_failing: bool = False) -> str:
