@@ -65,7 +65,8 @@ test: setup
 	$(PYTHON) -m pytest -q
 
 figures: $(STAMP)
-	$(PYTHON) tools/make_figures.py --profile $(PROFILE) $(if $(filter 1,$(ALLOW_DIRTY)),--allow-dirty,)
+	$(PYTHON) tools/make_figures.py --profile $(PROFILE) $(if $(filter 1,$(ALLOW_DIRTY)),--allow-dirty,) \
+		$(if $(filter 1,$(REAL_DATA)),--real-data,)
 
 # Regenerates figures/quick in a clone of HEAD with an empty cache (about 20 minutes on 2 cores, reusing
 # this checkout's $(VENV)) and compares every number of numbers.tex with the committed one, statistically

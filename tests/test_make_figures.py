@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -215,6 +216,19 @@ def test_make_figures_passes_allow_dirty(extra, flag):
     check = subprocess.run(["make", "-n", "-C", str(ROOT), "reproduce-check"], capture_output=True, text=True,
                            check=True).stdout
     assert "tools/reproduce_check.py --venv" in check
+
+
+def test_real_data_replaces_the_offline_copies():
+    params = {"cond": {"config": "c.yaml", "set": {"data.name": "cifar10-jpeg", "model.ch": 32}},
+              "uncond": {"config": "u.yaml", "set": {"data.name": "celeba-6k"}}, "dataset": "cifar10-jpeg"}
+    out = mf.real_data_overrides(params)
+    assert out == {"cond": {"config": "c.yaml", "set": {"data.name": "cifar10", "model.ch": 32}},
+                   "uncond": {"config": "u.yaml", "set": {"data.name": "celeba64"}}, "dataset": "cifar10"}
+    assert params["cond"]["set"]["data.name"] == "cifar10-jpeg"  # the profile's own spec is left alone
+    mnist = {"cond": {"config": "m.yaml", "set": {"data.name": "mnist5k"}}, "uncond": {"config": "m.yaml"}}
+    assert mf.real_data_overrides(mnist) == {}  # nothing stands in for anything
+    assert "--real-data" in subprocess.run(["make", "-n", "-C", str(ROOT), "figures", "PROFILE=cpu", "REAL_DATA=1"],
+                                           capture_output=True, text=True, check=True).stdout
 
 
 def test_reproduction_overrides_reseed_and_rethread():

@@ -235,6 +235,26 @@ def reproduction_overrides(params: dict, env) -> dict:
     return out
 
 
+REAL_DATA = {"cifar10-jpeg": "cifar10", "celeba-6k": "celeba64"}
+"""The offline copies and the datasets they stand in for (``--real-data``)."""
+
+
+def real_data_overrides(params: dict) -> dict:
+    """Parameters with every offline copy of :data:`REAL_DATA` replaced by the real dataset: the ``data.name`` of
+    the ``cond``/``uncond`` specs and a notebook's ``dataset`` parameter (``--real-data``, ``make figures
+    REAL_DATA=1``). The models are then keyed on the real data and trained on it; the committed weights, trained on
+    the copies, do not apply."""
+    out = {}
+    for which in ("cond", "uncond"):
+        spec = params.get(which)
+        name = (spec.get("set") or {}).get("data.name") if isinstance(spec, dict) else None
+        if name in REAL_DATA:
+            out[which] = {**spec, "set": {**spec["set"], "data.name": REAL_DATA[name]}}
+    if params.get("dataset") in REAL_DATA:
+        out["dataset"] = REAL_DATA[params["dataset"]]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -248,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
     ap.add_argument("--allow-dirty", action="store_true", help="run although the sources differ from the "
                     "commit (the artefacts are then marked dirty); make figures ALLOW_DIRTY=1")
+    ap.add_argument("--real-data", action="store_true", default=os.environ.get("DDPM_REAL_DATA") == "1",
+                    help="the real CIFAR-10 and CelebA instead of the offline copies the profile names (torchvision "
+                         "downloads CIFAR-10; CelebA from the data root); make figures REAL_DATA=1")
     ap.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -301,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         params = {**prof.get("common", {}), **(prof.get("notebooks", {}).get(name) or {}),
                   "profile": args.profile, "out_dir": str(stage), "cache_dir": str(cache_dir)}
         params.update(reproduction_overrides(params, os.environ))
+        if args.real_data:
+            params.update(real_data_overrides(params))
         print(f"[make figures] {args.profile}: running {name} ...", flush=True)
         t0 = time.perf_counter()
         try:
