@@ -61,7 +61,8 @@ variant_samples = 64  # samples per variant for the classifier FD
 bpd_images = 4  # held-out images for bits/dim (the full bound: T network calls each, shared by the variances)
 bpd_model = "uncond"  # whose bound: "uncond" (the unconditional model) or "cond" (the conditional one, label ∅)
 memo_samples = 64  # unconditional samples for FD/KID and the memorisation check (held-out images: the same n)
-memo_sampler = "ddim"  # their sampler (at min(50, T) steps)
+memo_sampler = "ddim"  # their sampler
+memo_steps = 50  # and its steps (at most T)
 memo_closest = 16  # closest sample–training pairs shown per model
 nn_samples = 8  # unconditional samples shown beside their five nearest training images
 
@@ -325,7 +326,7 @@ for key, name in (("narrow", "WidthCfdNarrow"), ("shallow", "DepthCfdShallow")):
 
 # %% [markdown]
 # ## 3. The unconditional model, and memorisation (artefacts `uncond_quality`, `memorisation`, `closest_pairs`)
-# `memo_samples` unconditional samples (EMA weights, `memo_sampler` at min(50, T) steps) measured by FD and
+# `memo_samples` unconditional samples (EMA weights, `memo_sampler` at `memo_steps` steps) measured by FD and
 # KID in the feature space `experiments.uncond_feature_space` names (data without classes are measured in the
 # conditional data's proxy-classifier features), against the whole held-out split; as a yardstick, as many
 # training images measured the same way (what a model that reproduced its data would get at this n).
@@ -337,7 +338,7 @@ for key, name in (("narrow", "WidthCfdNarrow"), ("shallow", "DepthCfdShallow")):
 
 # %%
 tu = experiments.trained_model(art, uncond, "uncond")
-memo_steps = min(50, tu.diffusion.num_timesteps)
+memo_steps = min(int(memo_steps), tu.diffusion.num_timesteps)
 fs = experiments.uncond_feature_space(uncond, cond, classifier_steps)
 out_u = experiments.generate(art, tu, int(memo_samples), sampler=memo_sampler, steps=memo_steps, seed=seed + 3,
                              tag="uncond_quality")
