@@ -112,7 +112,7 @@ art.number("ToyEnergySamples", n_samples, "{:d}")
 art.number("ToyEnergyModel", energy["model"], "{:.4f}")
 art.number("ToyEnergyData", energy["data"], "{:.4f}")
 art.number("ToyEnergyGauss", energy["gauss"], "{:.4f}")
-art.number("ToyEnergyRatio", energy["model"] / energy["data"], "{:.1f}")
+art.number("ToyEnergyRatio", energy["model"] / energy["data"], "{:.2f}")  # two digits: the ratio of the printed values
 
 # %%
 cols = len(show_t)
