@@ -31,8 +31,10 @@ class ModelConfig:
     """The network: ``kind="unet"`` is the U-Net of section 3.1 / table 2; ``kind="mlp"`` the small
     ``diffusion.toy.ToyMLP`` (width ``hidden``) of the 2-D notebook, which ignores the U-Net fields.
     ``time_embed_freq_shift`` (1: DDPM's frequencies 10000^(−i/(half−1)); 0: 10000^(−i/half)) and
-    ``downsample_padding`` (``"tf_same"``: DDPM's TensorFlow padding; ``"symmetric"``) are the two U-Net
-    details of ``diffusion.unet.UNet``; the defaults are DDPM's."""
+    ``downsample_padding`` (``"tf_same"``: DDPM's TensorFlow padding; ``"symmetric"``) are two U-Net details
+    of ``diffusion.unet.UNet``, and ``norm_groups`` its GroupNorm groups (DDPM: 32; at C = 32 that is instance
+    normalisation, blind to each image's colour, so reduced-width models keep DDPM's 4 channels per group with
+    C/4); the defaults are DDPM's."""
 
     kind: str = "unet"
     ch: int = 128
@@ -45,6 +47,7 @@ class ModelConfig:
     hidden: int = 128
     time_embed_freq_shift: int = 1
     downsample_padding: str = "tf_same"
+    norm_groups: int = 32
 
 
 @dataclass
@@ -388,7 +391,8 @@ def build_model(cfg: Config, data_info=None):
     return UNet(in_channels=data_info.channels, ch=m.ch, ch_mult=m.ch_mult, num_res_blocks=m.num_res_blocks,
                 attn_resolutions=m.attn_resolutions, dropout=m.dropout, image_size=data_info.image_size,
                 num_classes=data_info.num_classes if m.class_cond else None, num_heads=m.num_heads,
-                time_embed_freq_shift=m.time_embed_freq_shift, downsample_padding=m.downsample_padding)
+                time_embed_freq_shift=m.time_embed_freq_shift, downsample_padding=m.downsample_padding,
+                norm_groups=m.norm_groups)
 
 
 def build_diffusion(cfg: Config):

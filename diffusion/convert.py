@@ -65,8 +65,9 @@ def diffusers_layout_differences(config: dict) -> list[str]:
     need("upsample_type", lambda v: v in (None, "conv"), "'conv'")
     need("center_input_sample", lambda v: not v, "false")
     need("act_fn", lambda v: v in (None, "silu", "swish"), "'silu'")
-    need("norm_num_groups", lambda v: v == GROUPNORM_GROUPS, str(GROUPNORM_GROUPS))
-    need("attn_norm_num_groups", lambda v: v in (None, GROUPNORM_GROUPS), f"null or {GROUPNORM_GROUPS}")
+    groups = c.get("norm_num_groups", GROUPNORM_GROUPS)
+    need("norm_num_groups", lambda v: isinstance(v, int) and v >= 1, "a positive integer")
+    need("attn_norm_num_groups", lambda v: v in (None, groups), f"null or norm_num_groups ({groups})")
     need("norm_eps", lambda v: v is not None and abs(float(v) - GROUPNORM_EPS) <= 1e-12, f"{GROUPNORM_EPS:g}")
     need("resnet_time_scale_shift", lambda v: v in (None, "default"), "'default' (additive time embedding)")
     need("mid_block_type", lambda v: v in (None, "UNetMidBlock2D"), "'UNetMidBlock2D'")
@@ -82,9 +83,9 @@ def diffusers_layout_differences(config: dict) -> list[str]:
         diffs.append(f"sample_size = {c.get('sample_size')!r} (needs a square size)")
     chans = list(c.get("block_out_channels") or [])
     ch = chans[0] if chans else None
-    if not chans or ch % GROUPNORM_GROUPS or any(v % ch for v in chans):
+    if not chans or not isinstance(groups, int) or groups < 1 or ch % groups or any(v % ch for v in chans):
         diffs.append(f"block_out_channels = {chans} (needs multiples of the first, which a multiple of "
-                     f"{GROUPNORM_GROUPS})")
+                     f"norm_num_groups = {groups})")
     ted = c.get("time_embedding_dim")
     if ted is not None and ch is not None and ted != 4 * ch:
         diffs.append(f"time_embedding_dim = {ted} (needs null or 4 × block_out_channels[0] = {4 * ch})")
@@ -124,7 +125,8 @@ def unet_kwargs_from_diffusers(config: dict) -> dict:
                 dropout=float(config.get("dropout") or 0.0), image_size=int(size),
                 num_heads=chans[-1] // head_dim if head_dim else 1,
                 time_embed_freq_shift=int(config["freq_shift"]),
-                downsample_padding="tf_same" if config["downsample_padding"] == 0 else "symmetric")
+                downsample_padding="tf_same" if config["downsample_padding"] == 0 else "symmetric",
+                norm_groups=int(config.get("norm_num_groups", GROUPNORM_GROUPS)))
 
 
 def _time_columns(ch: int, flip_sin_to_cos: bool) -> torch.Tensor:
@@ -218,7 +220,7 @@ def to_diffusers(model: UNet):
         block_out_channels=chans, layers_per_block=model.num_res_blocks,
         downsample_padding=0 if model.downsample_padding == "tf_same" else 1,
         attention_head_dim=chans[-1] // model.num_heads if model.num_heads > 1 else None,
-        norm_num_groups=GROUPNORM_GROUPS, norm_eps=GROUPNORM_EPS,
+        norm_num_groups=model.norm_groups, norm_eps=GROUPNORM_EPS,
         dropout=float(model.down[0].blocks[0].res.dropout.p))
     ours = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     perm = _time_columns(model.ch, False)

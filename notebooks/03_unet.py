@@ -203,7 +203,8 @@ def dataset_zh(c):
 e = report.escape_latex
 fields = [("数据集", dataset_zh), ("基础通道数 $C$", lambda c: c.model.ch),
           ("通道倍率", lambda c: c.model.ch_mult), ("每级残差块数", lambda c: c.model.num_res_blocks),
-          ("注意力分辨率", lambda c: c.model.attn_resolutions), ("Dropout", lambda c: c.model.dropout),
+          ("注意力分辨率", lambda c: c.model.attn_resolutions), ("GroupNorm 组数", lambda c: c.model.norm_groups),
+          ("Dropout", lambda c: c.model.dropout),
           ("类别条件", lambda c: c.model.class_cond), ("时间步数 $T$", lambda c: c.diffusion.num_timesteps),
           ("$\\beta_t$ 调度", lambda c: f"{SCHEDULE_ZH.get(c.diffusion.schedule, c.diffusion.schedule)}，"
                                     f"{c.diffusion.beta_start:g} 至 {c.diffusion.beta_end:g}"),

@@ -191,3 +191,22 @@ def test_architecture_follows_section_3_1():
     assert down.stride == (2, 2) and down.kernel_size == (3, 3)
     # time embedding: width ch, MLP_t ch → 4ch → 4ch
     assert model.time_mlp[0].in_features == 32 and model.time_mlp[2].out_features == 128
+
+
+@pytest.mark.parametrize("norm_groups, blind", [(32, True), (8, False)])
+def test_group_norm_of_one_channel_per_group_is_blind_to_each_images_colour(norm_groups, blind):
+    """At C = 32, DDPM's 32 groups make every GroupNorm an instance norm: the output head maps features h and
+    h + a per-image, per-channel constant to exactly the same ε̂, so the per-image colour of x_t cannot reach
+    the output through it. With C/4 groups (DDPM's 4 channels per group) it can."""
+    torch.manual_seed(0)
+    model = UNet(in_channels=3, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0,
+                 image_size=16, norm_groups=norm_groups)
+    assert all(m.num_groups == norm_groups for m in model.modules() if isinstance(m, torch.nn.GroupNorm))
+    torch.nn.init.normal_(model.out_conv.weight, std=0.1)  # zero-initialised: give the head something to say
+    h = torch.randn(4, 32, 16, 16)
+    shift = torch.randn(4, 32, 1, 1)
+    head = lambda f: model.out_conv(torch.nn.functional.silu(model.out_norm(f)))  # noqa: E731
+    same = torch.allclose(head(h + shift), head(h), atol=1e-5)
+    assert same == blind
+    with pytest.raises(ValueError, match="norm_groups"):
+        UNet(in_channels=3, ch=32, norm_groups=5)
