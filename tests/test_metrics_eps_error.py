@@ -91,3 +91,43 @@ def test_rejects_timesteps_out_of_range(ts):
     d = create_diffusion("linear", 10)
     with pytest.raises(ValueError, match=r"^timesteps must be a non-empty list of indices in \[0, 10\)$"):
         eps_error_by_timestep(d, lambda x, t: x, torch.zeros(2, 1), ts)
+
+
+def test_channel_mean_error_separates_a_colour_cast_from_white_error():
+    """Two routes: ε̂ = ε + c (a per-image, per-channel constant, independent of x_t's noise) puts all its error
+    in the channel means, c² exactly; ε̂ = ε + white noise of variance v puts v/(H·W) there in expectation."""
+    d = create_diffusion("linear", 100)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(400, 3, 8, 8, generator=g) * 2 - 1
+    cast = torch.randn(400, 3, 1, 1, generator=torch.Generator().manual_seed(5)) * 0.2
+    state = {}
+
+    def capture(x, t):  # recover ε from x_t = √ᾱ x0 + √(1−ᾱ) ε
+        a = float(d.alpha_bar[int(t[0])])
+        lo = state["lo"]
+        eps = (x - a**0.5 * x0[lo:lo + len(x)]) / (1 - a) ** 0.5
+        return eps
+
+    def colour(x, t):
+        lo = state.setdefault("lo", 0)
+        out = capture(x, t) + cast[lo:lo + len(x)]
+        state["lo"] = lo + len(x)
+        return out
+
+    r = eps_error_by_timestep(d, colour, x0, [50], generator=torch.Generator().manual_seed(1), batch_size=100)
+    expected = float((cast ** 2).mean())
+    assert r["mse"][0] == pytest.approx(expected, rel=1e-4)
+    assert r["channel_mean_mse"][0] == pytest.approx(expected, rel=1e-4)
+
+    state.clear()
+    white_g = torch.Generator().manual_seed(9)
+
+    def white(x, t):
+        lo = state.setdefault("lo", 0)
+        out = capture(x, t) + 0.3 * torch.randn(x.shape, generator=white_g)
+        state["lo"] = lo + len(x)
+        return out
+
+    r = eps_error_by_timestep(d, white, x0, [50], generator=torch.Generator().manual_seed(1), batch_size=100)
+    assert r["mse"][0] == pytest.approx(0.09, rel=0.02)
+    assert r["channel_mean_mse"][0] == pytest.approx(0.09 / 64, rel=0.1)

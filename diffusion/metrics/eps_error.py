@@ -8,6 +8,11 @@ small ε-error becomes a large x̂_0-error (1/ᾱ_T ≈ 2.5·10⁴ for the linea
 samplers (DDIM with η = 0, DPM-Solver++) carry that error along their whole trajectory, while the ancestral
 sampler's fresh noise at each step masks it — which is why an undertrained network can sample well
 ancestrally and poorly deterministically.
+
+``channel_mean_mse`` is the part of the error carried by each image's per-channel mean (the error averaged over
+the pixels, squared, per dimension): white errors put 1/(H·W) of their MSE there, while a network blind to each
+image's colour (a GroupNorm of one channel per group, ``diffusion.unet.UNet``) puts most of it there at large t,
+where it becomes a colour cast of x̂_0.
 """
 from __future__ import annotations
 
@@ -30,8 +35,10 @@ def eps_error_by_timestep(diffusion, model, x0: torch.Tensor, timesteps, *, mode
         model_kwargs: e.g. ``{"y": labels}`` (N,) for a class-conditional model; sliced with ``x0``.
         generator: for the noise draws (on ``x0``'s device).
 
-    Returns ``{"t": (K,) int array, "mse": (K,), "identity_mse": (K,), "x0_mse": (K,)}`` as float64 numpy
-    arrays, where ``x0_mse`` = ``mse`` · (1−ᾱ_t)/ᾱ_t is the implied error of the predicted x̂_0.
+    Returns ``{"t": (K,) int array, "mse": (K,), "identity_mse": (K,), "x0_mse": (K,), "channel_mean_mse": (K,)}``
+    as float64 numpy arrays, where ``x0_mse`` = ``mse`` · (1−ᾱ_t)/ᾱ_t is the implied error of the predicted x̂_0
+    and ``channel_mean_mse`` the mean over images and channels of the squared per-image channel mean of the
+    ε-error (at most ``mse``; images of at least two dimensions, (N, C, ...))
     """
     if not isinstance(x0, torch.Tensor) or x0.dim() < 2 or len(x0) == 0:
         raise ValueError("x0 must be a non-empty batch of images (N, ...) in [-1, 1]")
@@ -39,9 +46,9 @@ def eps_error_by_timestep(diffusion, model, x0: torch.Tensor, timesteps, *, mode
     if ts.size == 0 or ts.min() < 0 or ts.max() >= diffusion.num_timesteps:
         raise ValueError(f"timesteps must be a non-empty list of indices in [0, {diffusion.num_timesteps})")
     kwargs = model_kwargs or {}
-    mse, ident = [], []
+    mse, ident, mean_mse = [], [], []
     for t in ts:
-        err = ref = 0.0
+        err = ref = mean_err = 0.0
         for lo in range(0, len(x0), batch_size):
             xb = x0[lo:lo + batch_size]
             tb = torch.full((len(xb),), int(t), device=xb.device, dtype=torch.long)
@@ -49,10 +56,14 @@ def eps_error_by_timestep(diffusion, model, x0: torch.Tensor, timesteps, *, mode
             x_t = diffusion.q_sample(xb, tb, noise=noise)
             kw = {k: v[lo:lo + batch_size] for k, v in kwargs.items()}
             eps = model(x_t, tb, **kw).float()
-            err += float(((eps - noise) ** 2).double().sum())
+            diff = (eps - noise).double()
+            err += float((diff ** 2).sum())
+            mean_err += float((diff.flatten(2).mean(dim=2) ** 2).sum()) if diff.dim() > 2 else float((diff ** 2).sum())
             ref += float(((x_t - noise) ** 2).double().sum())
         mse.append(err / x0.numel())
         ident.append(ref / x0.numel())
+        mean_mse.append(mean_err / (x0.shape[0] * x0.shape[1]))
     ab = np.asarray(diffusion.alpha_bar, dtype=np.float64)[ts]
     mse_a = np.asarray(mse)
-    return {"t": ts, "mse": mse_a, "identity_mse": np.asarray(ident), "x0_mse": mse_a * (1 - ab) / ab}
+    return {"t": ts, "mse": mse_a, "identity_mse": np.asarray(ident), "x0_mse": mse_a * (1 - ab) / ab,
+            "channel_mean_mse": np.asarray(mean_mse)}
