@@ -30,7 +30,7 @@ import torch
 
 from diffusion.report import Artefacts, CacheEntry, repo_root
 
-__all__ = ["BOOKKEEPING", "FeatureSpace", "TrainedModel", "device", "generate", "load_data", "load_run_config", "model_spec", "nearest_neighbours",
+__all__ = ["BOOKKEEPING", "FeatureSpace", "TrainedModel", "device", "generate", "load_data", "load_run_config", "model_spec", "nearest_neighbours", "profile_params",
            "proxy_classifier", "proxy_classifier_inputs", "train_toy", "trained_model", "training_key", "uncond_feature_space", "variant_spec", "with_overrides"]
 
 TRAIN_PRODUCER = "04_training"
@@ -52,6 +52,16 @@ def device() -> torch.device:
     return dev
 
 
+def profile_params(profile: str, notebook: str | None = None) -> dict:
+    """The parameters ``make figures`` gives ``notebook`` under ``configs/profiles/<profile>.yaml``: its
+    ``common`` section updated by ``notebooks.<notebook>`` (only ``common`` without a notebook)."""
+    import yaml
+
+    prof = yaml.safe_load((repo_root() / "configs" / "profiles" / f"{profile}.yaml").read_text())
+    own = (prof.get("notebooks") or {}).get(notebook) if notebook else None
+    return {**(prof.get("common") or {}), **(own or {})}
+
+
 def model_spec(profile: str, which: str, given: dict | None = None) -> dict:
     """``given`` if not None, else ``common.<which>`` of ``configs/profiles/<profile>.yaml`` (for running
     a notebook interactively without papermill's parameters)."""
@@ -59,10 +69,7 @@ def model_spec(profile: str, which: str, given: dict | None = None) -> dict:
         raise ValueError(f"which must be 'cond' or 'uncond', got {which!r}")
     if given is not None:
         return given
-    import yaml
-
-    prof = yaml.safe_load((repo_root() / "configs" / "profiles" / f"{profile}.yaml").read_text())
-    return prof["common"][which]
+    return profile_params(profile)[which]
 
 
 def _override(key: str, value) -> str:

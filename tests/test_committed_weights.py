@@ -1,7 +1,6 @@
 """Committed weights (tools/export_weights.py → weights/<profile>/…): a notebook asking for the same key gets
 the exported model back without training, bit for bit; ``DDPM_RETRAIN=1`` and any change of key ignore it."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,15 +11,13 @@ import diffusion.train
 from diffusion import experiments, report
 from diffusion.checkpoint import load_checkpoint
 from tests.test_weights_used import flat, tiny_cfg, tiny_data
+from tests.tools import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _export_main():
-    spec = importlib.util.spec_from_file_location("export_weights", ROOT / "tools" / "export_weights.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main
+    return load_tool("export_weights").main
 
 
 @pytest.fixture
@@ -118,8 +115,6 @@ def _committed_models():
 def _expected_spec(profile: str, kind: str, seed) -> tuple[dict, str, str]:
     """(spec, which, producer) the notebooks give a committed model of ``kind`` trained with ``train.seed = seed``:
     the profile's spec (04_training), or a width/depth variant of its conditional spec (06_ablations)."""
-    import yaml
-
     def seeded(spec):
         return spec if seed == spec_seed(spec) else experiments.with_overrides(spec, {"train.seed": seed})
 
@@ -129,8 +124,7 @@ def _expected_spec(profile: str, kind: str, seed) -> tuple[dict, str, str]:
     if kind.startswith("train-"):
         which = kind.removeprefix("train-")
         return seeded(experiments.model_spec(profile, which)), which, experiments.TRAIN_PRODUCER
-    prof = yaml.safe_load((ROOT / "configs" / "profiles" / f"{profile}.yaml").read_text())
-    params = {**prof.get("common", {}), **(prof.get("notebooks", {}).get("06_ablations") or {})}
+    params = experiments.profile_params(profile, "06_ablations")
     name = kind.removeprefix("variant-")
     return (experiments.variant_spec(seeded(experiments.model_spec(profile, "cond")), params["variants"][name],
                                      params["variant_steps"], params["variant_batch"]), "cond", "06_ablations")

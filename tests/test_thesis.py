@@ -153,6 +153,7 @@ def test_comparison_words_follow_the_numbers():
     ("0.20 [0.10, 0.30]", "0.15 [0.02, 0.28]", "#1"),      # held under the second seed
     ("0.20 [0.10, 0.30]", "0.10 [-0.02, 0.22]", "#3"),     # did not: not a finding
     ("−0.20 [−0.30, −0.10]", "0.10 [0.02, 0.22]", "#3"),   # opposite signs (with the typographic minus)
+    ("−0.20 [−0.30, −0.10]", "-0.15 [-0.25, -0.05]", "#2"),  # the typographic minus reads as a minus
     ("0.20 [0.10, 0.30]", "MISSING", "#3"),                # the other run lacks the number
 ])
 def test_findings_hold_in_every_training_seed(tmp_path, main, other, expected):

@@ -1,24 +1,18 @@
 """tools/train_profile.py: a profile's models, its width/depth variants and another training seed, trained into the
 cache under the keys the notebooks ask for."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 import diffusion.train
 from diffusion import experiments, report
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.tools import ROOT, load_tool
 
 
 def _main():
-    spec = importlib.util.spec_from_file_location("train_profile", ROOT / "tools" / "train_profile.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main
+    return load_tool("train_profile").main
 
 
 @pytest.fixture
@@ -45,10 +39,7 @@ def test_variants_are_trained_under_the_keys_notebook_06_asks_for(cache, tmp_pat
     out = capsys.readouterr().out
     assert [line.split(":")[0] for line in out.splitlines()] == ["variant base", "variant narrow", "variant shallow"]
     _no_training(monkeypatch)
-    import yaml
-
-    prof = yaml.safe_load((ROOT / "configs" / "profiles" / "smoke.yaml").read_text())
-    params = {**prof["common"], **prof["notebooks"]["06_ablations"]}
+    params = experiments.profile_params("smoke", "06_ablations")
     art = report.Artefacts("smoke", "06_ablations", tmp_path / "out")
     for name, overrides in params["variants"].items():
         spec = experiments.variant_spec(params["cond"], overrides, params["variant_steps"], params["variant_batch"])
@@ -67,3 +58,14 @@ def test_another_training_seed_is_keyed_apart(cache, tmp_path, capsys):
     assert out.count("cond: computed") == 2
     with pytest.raises(SystemExit):
         _main()(["--profile", "smoke", "--which", "cond", "--train-seed", "-1"])
+
+
+@pytest.mark.parametrize("profile", ["smoke", "cpu"])
+def test_profile_params_are_what_make_figures_passes(profile):
+    """experiments.profile_params(profile, notebook) is the common section updated by the notebook's own, as
+    tools/make_figures.py assembles a notebook's parameters."""
+    prof = load_tool("make_figures").load_profile(profile, ROOT / "configs" / "profiles")
+    for notebook in ("04_training", "06_ablations"):
+        assert experiments.profile_params(profile, notebook) == {**prof["common"], **(prof["notebooks"].get(notebook) or {})}
+    assert experiments.profile_params(profile) == prof["common"]
+    assert experiments.model_spec(profile, "cond") == prof["common"]["cond"]

@@ -87,15 +87,17 @@ DERIVED_FROM = {m for pair in COMPARISONS.values() for m in pair} | {
     "BestGuidanceScale", "DefaultGuidanceScale"}
 
 
-def _load_labels():
-    """diffusion/report/labels.py by path (it needs only ``re``; importing the package would load torch)."""
-    spec = importlib.util.spec_from_file_location("_thesis_labels", REPO / "diffusion" / "report" / "labels.py")
+def _load_by_path(name: str, path: Path):
+    """A module of this repository loaded from its file (importing the package would load torch)."""
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-_LABELS = _load_labels()
+_LABELS = _load_by_path("_thesis_labels", REPO / "diffusion" / "report" / "labels.py")
+_REPRODUCE = _load_by_path("_thesis_reproduce", REPO / "tools" / "reproduce_check.py")
+"""tools/reproduce_check.py: how a macro's "d [low, high]" is read, and on which side of 0 it lies."""
 
 
 class BuildError(Exception):
@@ -335,15 +337,6 @@ retrained with ``train.seed = N`` (``tools/reproduce_check.py --train-seed N --r
 figures. The thesis states as findings only the differences whose interval excludes 0, with the same sign, in the
 main run and in every such regeneration (:func:`finding_macros`)."""
 
-_DIFFERENCE = re.compile(r"^\s*(-?[\d,]*\.?\d+)\s*\[\s*(-?[\d,]*\.?\d+)\s*,\s*(-?[\d,]*\.?\d+)\s*\]\s*$")
-
-
-def difference_interval(text: str | None) -> tuple[float, float, float] | None:
-    """(estimate, low, high) of a difference macro's text ``d [low, high]``, else None."""
-    m = _DIFFERENCE.match((text or "").replace("−", "-"))
-    return tuple(float(g.replace(",", "")) for g in m.groups()) if m else None
-
-
 def seed_runs(fig_dir: Path) -> dict[int, dict[str, str]]:
     """{training seed: macros} of the recorded regenerations under ``fig_dir/seeds`` (see :data:`SEEDS_DIR`)."""
     runs = {}
@@ -360,19 +353,16 @@ def finding_macros(defined: dict[str, str], runs: dict[int, dict[str, str]]) -> 
     ``\Finding<X>{above}{below}{neither}`` expands to ``above`` when the interval lies above 0 in the main run
     and in every recorded regeneration with another training seed (``runs``), to ``below`` when below 0 in all,
     and to ``neither`` otherwise (an interval containing 0 in some run, runs disagreeing, a run without the
-    number, or no interval at all, e.g. "n/a"). ``\SeedValue{Name}`` is the value of macro ``Name`` in the first other-seed run (``—`` when none),
+    number, or no interval at all, e.g. "n/a"); the intervals are read as ``tools/reproduce_check.py`` reads them.
+    ``\SeedValue{Name}`` is the value of macro ``Name`` in the first other-seed run (``—`` when none),
     ``\SeedRunCount`` the number of such runs, ``\SeedRunList`` their seeds, ``\IfSeedRuns{yes}{no}``."""
     lines = []
     for name, text in defined.items():
         if "Diff" not in name:
             continue
-        intervals = [difference_interval(text)] + [difference_interval(run.get(name)) for run in runs.values()]
-        if all(iv is not None and iv[1] > 0 for iv in intervals):
-            body = "#1"
-        elif all(iv is not None and iv[2] < 0 for iv in intervals):
-            body = "#2"
-        else:
-            body = "#3"
+        sides = {_REPRODUCE.side_of_zero(_REPRODUCE.parse_value(t or "")[1])
+                 for t in [text, *(run.get(name) for run in runs.values())]}
+        body = "#1" if sides == {"above"} else "#2" if sides == {"below"} else "#3"
         lines.append(f"\\newcommand{{\\Finding{name.removesuffix('Diff')}}}[3]{{{body}}}")
     first = next(iter(runs.values()), {})
     for name, text in first.items():

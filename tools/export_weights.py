@@ -57,8 +57,10 @@ def current(entry: Path) -> bool:
 def train_seed(entry: Path):
     """``train.seed`` of a trained model's recorded configuration (None for other entries)."""
     parts = json.loads((entry / "inputs.json").read_text()).get("parts")
-    config = parts.get("config") if isinstance(parts, dict) else None
-    return (config or {}).get("train", {}).get("seed") if isinstance(config, dict) else None
+    try:
+        return parts["config"]["train"]["seed"]
+    except (KeyError, TypeError):
+        return None
 
 
 def export(entry: Path, target: Path, partial: bool = False) -> int:
@@ -94,15 +96,13 @@ def export_profile_classifier(profile: str, out: str | None) -> int:
     """Export the proxy classifier of ``profile`` (its conditional spec's data) from the cache."""
     import os
 
-    import yaml
-
-    from diffusion.experiments import model_spec, proxy_classifier_inputs
+    from diffusion.experiments import profile_params, proxy_classifier_inputs
     from diffusion.metrics.classifier import export_classifier
 
     if out:
         os.environ["DDPM_WEIGHTS_DIR"] = str(out)
-    prof = yaml.safe_load((ROOT / "configs" / "profiles" / f"{profile}.yaml").read_text())
-    train, test, ccfg = proxy_classifier_inputs(model_spec(profile, "cond"), prof["common"].get("classifier_steps"))
+    params = profile_params(profile)
+    train, test, ccfg = proxy_classifier_inputs(params["cond"], params.get("classifier_steps"))
     try:
         path = export_classifier(train, test, ccfg)
     except FileNotFoundError as exc:

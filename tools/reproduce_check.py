@@ -94,6 +94,7 @@ def _float(text: str) -> float:
 def parse_value(text: str) -> tuple[float | None, tuple[float, float] | None]:
     """(value, (lo, hi) or None) of a macro's text: ``v [lo, hi]``, ``[lo, hi]`` (value: the centre),
     a plain number (thousands commas, ``%``, ``1.3e-02``, ``$2.8\\times10^{-4}$``), or (None, None)."""
+    text = text.replace("−", "-")  # the typographic minus reads as a minus
     m = _WITH_INTERVAL.match(text)
     if m:
         lo, hi = _float(m.group(2)), _float(m.group(3))

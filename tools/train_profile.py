@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DDPM_PROGRESS", "text")
     import torch
 
-    from diffusion.experiments import TRAIN_PRODUCER, model_spec, trained_model, variant_spec, with_overrides
+    from diffusion.experiments import (TRAIN_PRODUCER, model_spec, profile_params, trained_model, variant_spec,
+                                       with_overrides)
     from diffusion.report import Artefacts
     from diffusion.report.paths import PROFILES
 
@@ -50,25 +51,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     if args.which == "classifier":
-        import yaml
-
         from diffusion.experiments import proxy_classifier
 
-        prof = yaml.safe_load((ROOT / "configs" / "profiles" / f"{args.profile}.yaml").read_text())
-        clf, test = proxy_classifier(model_spec(args.profile, "cond"), prof["common"].get("classifier_steps"))
+        clf, test = proxy_classifier(model_spec(args.profile, "cond"),
+                                     profile_params(args.profile).get("classifier_steps"))
         print(f"classifier of {clf.dataset_label}: held-out accuracy {100 * clf.accuracy:.2f}% "
               f"on {len(test.labels):,} images", flush=True)
         return 0
+
     def spec(which: str) -> dict:
         given = model_spec(args.profile, which)
         return given if args.train_seed is None else with_overrides(given, {"train.seed": args.train_seed})
 
     jobs = []  # (name, producer, kind, spec, which)
     if args.which == "variants":
-        import yaml
-
-        prof = yaml.safe_load((ROOT / "configs" / "profiles" / f"{args.profile}.yaml").read_text())
-        params = {**prof.get("common", {}), **(prof.get("notebooks", {}).get("06_ablations") or {})}
+        params = profile_params(args.profile, "06_ablations")
         if not params.get("variants"):
             parser.error(f"profile {args.profile} defines no width/depth variants")
         for name, overrides in params["variants"].items():
