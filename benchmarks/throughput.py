@@ -8,7 +8,7 @@ the same shapes:
 * **training** (batch ``--batch``): the full optimiser step of algorithm 1 (t and ε drawn on the device,
   L_simple of eq. (14), backward, gradient-norm clipping to 1.0, Adam, EMA update). diffusers: its
   ``DDPMScheduler.add_noise``, bf16 autocast, eager, PyTorch's default Adam (``diffusers_train_step``); ours:
-  ``diffusion.train.make_train_step`` in fp32 eager, bf16 eager, bf16 + channels_last, + ``torch.compile`` of
+  ``diffusion.train_step.make_train_step`` in fp32 eager, bf16 eager, bf16 + channels_last, + ``torch.compile`` of
   the model, + compile of the whole step (fused Adam and ``torch._foreach`` EMA throughout). Reported:
   images/s, ms/step, peak ``torch.cuda.max_memory_allocated``, host synchronisations per step (GPU).
 * **sampling** (batch ``--sample-batch``): forward passes of the ε-model under ``no_grad`` and bf16 autocast,
@@ -59,7 +59,7 @@ from diffusion.ema import EMA  # noqa: E402
 from diffusion.fast import configure_backends  # noqa: E402
 from diffusion.gaussian_diffusion import create_diffusion  # noqa: E402
 from diffusion.samplers import sample  # noqa: E402
-from diffusion.train import make_train_step  # noqa: E402
+from diffusion.train_step import make_train_step  # noqa: E402
 from diffusion.unet import UNet  # noqa: E402
 
 FULL = dict(in_channels=3, ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1,

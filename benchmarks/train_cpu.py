@@ -28,7 +28,7 @@ from diffusion.config import build_diffusion, build_model, load_config  # noqa: 
 from diffusion.data import InfiniteBatches, load_dataset  # noqa: E402
 from diffusion.ema import EMA  # noqa: E402
 from diffusion.model_info import count_parameters, flops_per_image  # noqa: E402
-from diffusion.train import make_train_step  # noqa: E402
+from diffusion.train_step import make_train_step  # noqa: E402
 
 
 def measure(cfg, data, steps: int, repeats: int, warmup: int) -> dict:

@@ -1,59 +1,46 @@
-"""Training of ε_θ with L_simple (algorithm 1, eq. 14): the per-step work, the trainer loop, checkpoints,
-fault handling and multi-GPU (DistributedDataParallel).
+"""Training of ε_θ with L_simple (algorithm 1, eq. 14): the trainer's loop, its run folder, logs, stage
+samples and checkpoints, and multi-GPU training (DistributedDataParallel).
 
-One optimiser step (``make_train_step``) is, for each of ``grad_accum`` micro-batches: draw timestep
-indices t ~ Uniform{0, …, T−1} (index t is the thesis's step t+1) and noise ε ~ N(0, I); for a
-class-conditional model replace each label by the null token ∅ with probability ``p_uncond`` (the label
-dropout that classifier-free guidance, eq. 18, needs); L_simple = ‖ε − ε_θ(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t)‖²
-averaged over pixels and the batch (eq. 14, through ``GaussianDiffusion.training_losses``); backward.
-Then clip the gradient norm, take an Adam step and update the EMA of the weights. The step keeps its
-running statistics (loss sums, EMA of the loss, gradient norm, first non-finite step) in tensors on the
-device and never synchronises with the host; they are read every ``log_every`` steps.
+The per-step work is ``diffusion.train_step`` (one optimiser step and its running statistics, the
+learning-rate warm-up); what a checkpoint holds and how a run resumes from one is ``diffusion.train_state``; a
+clean stop on SIGINT/SIGTERM is ``diffusion.stop_signals``. :class:`Trainer` ties them together: it sets up the
+model, EMA, optimiser and data order from the configuration, runs the steps, logs every ``log_every`` steps,
+samples at the ``sample_every`` steps, and writes checkpoints.
 
 Fast path on CUDA: bf16 autocast, channels_last, fused Adam, ``torch._foreach`` EMA, optional
-``torch.compile`` of the model (``compile="model"``) or of the whole step (``compile="step"``: the loss
-computation and the update — clip, Adam, EMA, statistics — as two compiled graphs around ``backward``).
+``torch.compile`` of the model (``compile="model"``) or of the whole step (``compile="step"``).
 On CPU the run is seeded and deterministic; a run interrupted at step k and resumed from its checkpoint
 gives the same losses step for step as one that was not interrupted.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import signal
 import sys
-import threading
 import time
 import warnings
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from diffusion.progress import tqdm
 
 from diffusion import distributed
-from diffusion.checkpoint import (
-    CheckpointError, check_weights_fit, checkpoint_path, get_rng_state, git_info, latest_checkpoint,
-    load_newest_readable, save_checkpoint, set_rng_state,
-)
-from diffusion.config import build_diffusion, build_model, config_from_checkpoint, config_to_dict
+from diffusion.checkpoint import checkpoint_path, latest_checkpoint, load_newest_readable, save_checkpoint
+from diffusion.config import build_diffusion, build_model, config_to_dict
 from diffusion.data import InfiniteBatches, load_dataset
 from diffusion.ema import EMA
 from diffusion.fast import configure_backends
+from diffusion.progress import tqdm
 from diffusion.report import image_grid
-from diffusion.runs import RunFolder, resume_config_changes
+from diffusion.runs import RunFolder
 from diffusion.samplers import SAMPLERS, sample
+from diffusion.stop_signals import StopSignals
+from diffusion.train_state import REQUIRED, checkpoint_state, restore
+from diffusion.train_step import COMPILE_MODES, TrainStats, make_train_step, set_lr, warmup_lr
 
-__all__ = [
-    "NonFiniteLossError", "TrainStats", "Trainer", "make_train_step", "resolve_device", "save_sample_grid",
-    "set_lr", "train", "warmup_lr",
-]
-
-COMPILE_MODES = (False, "model", "step")
+__all__ = ["NonFiniteLossError", "Trainer", "resolve_device", "save_sample_grid", "train"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -77,170 +64,6 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     return device
-
-
-def warmup_lr(step: int, base_lr: float, warmup_steps: int) -> float:
-    """Learning rate of the update that takes the model from ``step`` to ``step + 1`` (section 3.3.2):
-    linear warm-up ``base_lr · (step+1)/warmup_steps`` over the first ``warmup_steps`` updates, then
-    constant ``base_lr``."""
-    if warmup_steps <= 0:
-        return float(base_lr)
-    return float(base_lr) * min(1.0, (step + 1) / warmup_steps)
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set every parameter group's learning rate; a tensor lr (compiled step) is filled in place, which
-    neither recompiles nor synchronises."""
-    for group in optimizer.param_groups:
-        if isinstance(group["lr"], torch.Tensor):
-            group["lr"].fill_(lr)
-        else:
-            group["lr"] = lr
-
-
-class TrainStats:
-    """Running statistics of the training step, kept on the device (no host synchronisation).
-
-    Per optimiser step: the loss (mean L_simple over the global batch of this rank) and the gradient
-    norm before clipping are summed; an exponential moving average of the loss with factor ``beta`` is kept
-    with its bias correction (ema = Σ β^{n-i}(1−β)ℓ_i / (1−β^n)); the index of the first step with a
-    non-finite loss is recorded (−1 while none). ``read()`` synchronises once and resets the sums.
-    """
-
-    def __init__(self, device: torch.device, beta: float = 0.99):
-        if not 0.0 < beta < 1.0:
-            raise ValueError(f"beta must be in (0, 1), got {beta!r}")
-        self.beta = beta
-        z = lambda: torch.zeros((), dtype=torch.float32, device=device)  # noqa: E731
-        self.loss_sum, self.grad_norm_sum, self.count = z(), z(), z()
-        self.ema_num, self.ema_den = z(), z()
-        self.steps_done = z()
-        self.first_bad = z() - 1.0
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
-
-    @torch.no_grad()
-    def update(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
-        loss = loss.detach().float()
-        self.loss_sum.add_(loss)
-        self.grad_norm_sum.add_(grad_norm.detach().float())
-        self.count.add_(1.0)
-        self.ema_num.mul_(self.beta).add_((1.0 - self.beta) * loss)
-        self.ema_den.mul_(self.beta).add_(1.0 - self.beta)
-        bad = (~torch.isfinite(loss)) & (self.first_bad < 0)
-        self.first_bad.copy_(torch.where(bad, self.steps_done, self.first_bad))
-        self.steps_done.add_(1.0)
-
-    def read(self, reduce: bool = False) -> dict:
-        """Interval means (loss, grad_norm), the EMA loss and the first non-finite step (``None`` if none),
-        then reset the interval sums. With ``reduce`` the sums are averaged over DDP ranks."""
-        with torch.no_grad():
-            vec = torch.stack([self.loss_sum, self.grad_norm_sum, self.count, self.ema_num, self.ema_den])
-            bad = torch.where(self.first_bad < 0, torch.full_like(self.first_bad, float("inf")), self.first_bad)
-            if reduce:
-                vec = distributed.all_reduce_sum(vec)
-                bad = distributed.all_reduce_min(bad)
-            loss_sum, gn_sum, count, ema_num, ema_den = vec.tolist()
-            first_bad = bad.item()
-            self.loss_sum.zero_()
-            self.grad_norm_sum.zero_()
-            self.count.zero_()
-        return {
-            "loss": loss_sum / count if count else float("nan"),
-            "grad_norm": gn_sum / count if count else float("nan"),
-            "ema_loss": ema_num / ema_den if ema_den else float("nan"),
-            "first_nonfinite_step": None if math.isinf(first_bad) else int(first_bad),
-        }
-
-    def state_dict(self) -> dict:
-        return {k: v.detach().cpu().clone() for k, v in self.tensors().items()}
-
-    def load_state_dict(self, state: dict) -> None:
-        for k, v in self.tensors().items():
-            v.copy_(state[k])
-
-
-def make_train_step(model: nn.Module, diffusion, optimizer: torch.optim.Optimizer, ema: EMA | None, *,
-                    grad_clip: float | None = 1.0, p_uncond: float = 0.0, null_class: int | None = None,
-                    grad_accum: int = 1, bf16: bool = False, stats: TrainStats | None = None,
-                    compile: bool | str = False):
-    """The full optimiser step of algorithm 1 as a function ``step(x0, y) -> loss`` (a 0-d device tensor).
-
-    ``x0`` (B, C, H, W) in [-1, 1] is this rank's batch, split into ``grad_accum`` equal micro-batches;
-    ``y`` (B,) class labels (ignored for an unconditional model, ``null_class=None``). For each micro-batch:
-    t ~ Uniform{0..T−1}, ε ~ N(0, I) (global torch RNG), labels → ∅ with probability ``p_uncond``,
-    L_simple (eq. 14) under bf16 autocast if ``bf16``, backward (DDP gradient sync only on the last
-    micro-batch). Then gradient-norm clipping to ``grad_clip`` (``None``: no clipping, the norm is still
-    measured), ``optimizer.step()``, ``ema.update`` and ``stats.update`` — all without host synchronisation.
-
-    ``model`` is what is called (the module, or its DDP/compiled wrapper; its ``parameters()`` are the
-    trained ones). ``compile``: ``False``; ``"model"`` (the caller compiled ``model``; nothing more here);
-    ``"step"`` compiles the loss computation and the update (clip, Adam, EMA, statistics) as two graphs
-    around ``backward``; for a compiled step the optimizer's lr must be a tensor (see ``set_lr``).
-    The returned function has the attribute ``stats``.
-    """
-    if compile not in COMPILE_MODES:
-        raise ValueError(f"compile must be one of {COMPILE_MODES}, got {compile!r}")
-    if not isinstance(grad_accum, int) or grad_accum < 1:
-        raise ValueError(f"grad_accum must be a positive integer, got {grad_accum!r}")
-    if not 0.0 <= float(p_uncond) < 1.0:
-        raise ValueError(f"p_uncond must be in [0, 1), got {p_uncond!r}")
-    if grad_clip is not None and not float(grad_clip) > 0:
-        raise ValueError(f"grad_clip must be positive or None, got {grad_clip!r}")
-    params = [p for p in model.parameters() if p.requires_grad]
-    device = params[0].device
-    stats = stats if stats is not None else TrainStats(device)
-    max_norm = float("inf") if grad_clip is None else float(grad_clip)
-    T = diffusion.num_timesteps
-    p_uncond = float(p_uncond)
-
-    def micro_loss(x0: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        b = x0.shape[0]
-        t = torch.randint(0, T, (b,), device=x0.device)
-        noise = torch.randn_like(x0)
-        kwargs = None
-        if null_class is not None:
-            if p_uncond > 0:
-                drop = torch.rand(b, device=x0.device) < p_uncond
-                y = torch.where(drop, torch.full_like(y, null_class), y)
-            kwargs = {"y": y}
-        with torch.autocast(device_type=x0.device.type, dtype=torch.bfloat16, enabled=bf16):
-            return diffusion.training_losses(model, x0, t, model_kwargs=kwargs, noise=noise)["loss"].mean()
-
-    def update(loss: torch.Tensor) -> None:
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
-        optimizer.step()
-        if ema is not None:
-            ema.update(model)
-        stats.update(loss, grad_norm)
-
-    if compile == "step":
-        micro_loss = torch.compile(micro_loss)
-        update = torch.compile(update)
-    no_sync = getattr(model, "no_sync", None)
-
-    def step(x0: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        if x0.shape[0] % grad_accum:
-            raise ValueError(f"the batch of {x0.shape[0]} images does not split into grad_accum={grad_accum} "
-                             "equal micro-batches")
-        if null_class is not None and y is None:
-            raise ValueError("y (class labels) is required for a class-conditional model")
-        optimizer.zero_grad(set_to_none=True)
-        xs = x0.chunk(grad_accum)
-        ys = y.chunk(grad_accum) if y is not None else [None] * grad_accum
-        total = None
-        for i, (xi, yi) in enumerate(zip(xs, ys)):
-            sync = i == grad_accum - 1 or no_sync is None
-            with contextlib.nullcontext() if sync else no_sync():
-                loss = micro_loss(xi, yi) / grad_accum
-                loss.backward()
-            total = loss.detach() if total is None else total + loss.detach()
-        update(total)
-        return total
-
-    step.stats = stats
-    return step
 
 
 def save_sample_grid(images: torch.Tensor, path: str | os.PathLike, labels: torch.Tensor | None = None,
@@ -400,7 +223,7 @@ class Trainer:
             net, self.diffusion, self.optimizer, self.ema, grad_clip=tc.grad_clip, p_uncond=tc.p_uncond,
             null_class=self.null_class, grad_accum=tc.grad_accum, bf16=bool(tc.bf16 and cuda), stats=self.stats,
             compile="step" if self.compile == "step" else False)
-        self._stop_signal: int | None = None
+        self.signals = StopSignals()
 
     def close(self) -> None:
         """Release the run folder's lock now (it is released at the end of :meth:`train` anyway)."""
@@ -408,24 +231,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
-        """The checkpoint payload (collective under DDP: every rank must call it; rank 0's is complete)."""
-        rank_state = {"rng": get_rng_state(), "data": self.batches.state_dict()}
-        return {
-            "step": self.step,
-            "model": self.model.state_dict(),
-            "ema": self.ema.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "train_state": {"stats": self.stats.state_dict(), "elapsed_s": float(self.elapsed_s)},
-            "rank_states": distributed.gather_objects(rank_state),
-            "world_size": self.dist.world_size,
-            "config": config_to_dict(self.cfg),
-            "data": {"name": self.data.name, "label": self.data.label, "channels": int(self.data.channels),
-                     "image_size": int(self.data.image_size), "num_classes": int(self.data.num_classes),
-                     "class_names": [str(c) for c in self.data.class_names]},
-            "git": git_info(),
-            "torch_version": str(torch.__version__),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
+        """The checkpoint payload (``diffusion.train_state.checkpoint_state``; collective under DDP)."""
+        return checkpoint_state(self)
 
     def save(self) -> Path | None:
         """Write ``checkpoints/ckpt_<step>.pt`` (rank 0) after checking that no step so far had a
@@ -440,56 +247,13 @@ class Trainer:
         return path
 
     def _load(self) -> None:
-        """Resume from the newest readable checkpoint of ``ckpt_dir`` (RNG and data states stay on the CPU)."""
-        required = ("step", "model", "ema", "optimizer", "train_state", "rank_states", "world_size", "config")
-        state, path, skipped = load_newest_readable(self.ckpt_dir, map_location="cpu", required=required)
+        """Resume from the newest readable checkpoint of ``ckpt_dir`` (``diffusion.train_state.restore``; damaged
+        newer ones are set aside)."""
+        state, path, skipped = load_newest_readable(self.ckpt_dir, map_location="cpu", required=REQUIRED)
         skipped = [bad for bad, _ in skipped]
         self.folder.set_aside_damaged(skipped)
-        try:
-            saved = config_to_dict(config_from_checkpoint(state["config"]))
-        except (ValueError, TypeError) as err:
-            raise CheckpointError(f"{path} holds a configuration this code cannot read: {err}") from None
-        changes = resume_config_changes(saved, config_to_dict(self.cfg), self.allow_config_change,
-                                        source=str(path), fixed_error=CheckpointError)
-        try:
-            check_weights_fit(self.model, state["model"], path, "model weights")
-            check_weights_fit(self.ema.module, state["ema"].get("module"), path, "EMA weights")
-            self.model.load_state_dict(state["model"])
-            self.ema.load_state_dict(state["ema"])
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, KeyError, ValueError, AttributeError) as err:
-            if isinstance(err, CheckpointError):
-                raise
-            raise CheckpointError(f"{path} does not fit this model: {' '.join(str(err).split())}") from None
-        tc = self.cfg.train  # accepted changes take effect: the run uses what config.json will say
-        if "train.ema_decay" in changes or "train.ema_warmup" in changes:
-            self.ema.decay, self.ema.warmup = float(tc.ema_decay), bool(tc.ema_warmup)
-        if any(k.startswith("train.adam_betas") for k in changes):
-            for group in self.optimizer.param_groups:
-                group["betas"] = tuple(tc.adam_betas)
+        changes = restore(self, state, path)
         self.folder.resumed(path, changes, skipped)
-        # Optimizer moments take their parameter's memory layout (channels_last) for the fused kernels.
-        for group in self.optimizer.param_groups:
-            for p in group["params"]:
-                for key, value in self.optimizer.state.get(p, {}).items():
-                    if isinstance(value, torch.Tensor) and value.shape == p.shape:
-                        self.optimizer.state[p][key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
-            if self.compile == "step" and not isinstance(group["lr"], torch.Tensor):
-                group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
-        self.stats.load_state_dict(state["train_state"]["stats"])
-        self.elapsed_s = float(state["train_state"]["elapsed_s"])
-        self.step = int(state["step"])
-        rank_states = state["rank_states"]
-        if int(state["world_size"]) == self.dist.world_size:
-            mine_state = rank_states[self.dist.rank]
-            set_rng_state(mine_state["rng"])
-            self.batches.load_state_dict(mine_state["data"])
-        else:  # another world size: fresh, reproducible randomness for the new shards
-            torch.manual_seed(self.cfg.train.seed + 7919 * self.step + self.dist.rank)
-            if self.is_main:
-                tqdm.write(f"note: {path} was written by {state['world_size']} process(es), this run has "
-                           f"{self.dist.world_size}; model and optimizer restored, data order reseeded",
-                           file=sys.stderr)
         self.last_checkpoint = path
 
     # ------------------------------------------------------------------ faults
@@ -504,23 +268,6 @@ class Trainer:
                 f"non-finite training loss at step {first_bad + 1} (update {first_bad + 1} of the run); "
                 f"stopped. The last good checkpoint is {last if last else 'none (no checkpoint was written)'}; "
                 "try a lower learning rate or stronger gradient clipping")
-
-    def _on_signal(self, signum, frame) -> None:
-        if self._stop_signal is not None:  # a second signal: stop at once
-            raise KeyboardInterrupt
-        self._stop_signal = signum
-
-    @contextlib.contextmanager
-    def _signal_handlers(self):
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
 
     # ------------------------------------------------------------------ logging and samples
     def _log(self, pbar, lr: float, images: int, seconds: float) -> dict:
@@ -594,7 +341,7 @@ class Trainer:
         try:
             if deterministic:
                 torch.use_deterministic_algorithms(True, warn_only=True)
-            with self._signal_handlers():
+            with self.signals.installed():
                 while self.step < total:
                     lr = warmup_lr(self.step, tc.lr, tc.warmup_steps)
                     set_lr(self.optimizer, lr)
@@ -604,7 +351,7 @@ class Trainer:
                     self.train_step(x, y)
                     self.step += 1
                     pbar.update(1)
-                    stop = self._stop_requested(tc.log_every)
+                    stop = self.signals.requested(self.step, tc.log_every, self.dist.world_size, self.device)
                     if self.step % tc.log_every == 0 or self.step == total or stop:
                         now = time.perf_counter()
                         self.elapsed_s += now - mark_time
@@ -627,7 +374,7 @@ class Trainer:
             if deterministic:
                 torch.use_deterministic_algorithms(was_deterministic)
         wall = time.perf_counter() - wall0
-        interrupted = signal.Signals(self._stop_signal).name if self._stop_signal is not None else None
+        interrupted = self.signals.name
         if interrupted and self.is_main:
             tqdm.write(f"{interrupted}: stopped at step {self.step}; checkpoint {self.last_checkpoint}; "
                        "continue with --resume", file=sys.stderr)
@@ -655,18 +402,6 @@ class Trainer:
         if self.step % tc.log_every:
             return False
         return bool(distributed.all_reduce_max(torch.tensor(float(late), device=self.device)).item())
-
-    def _stop_requested(self, log_every: int) -> bool:
-        """Single process: whether a signal arrived. Under DDP the ranks agree (every ``log_every`` steps)."""
-        if self.dist.world_size == 1:
-            return self._stop_signal is not None
-        if self.step % log_every:
-            return False
-        flag = torch.tensor(0.0 if self._stop_signal is None else float(self._stop_signal), device=self.device)
-        agreed = int(distributed.all_reduce_max(flag).item())
-        if agreed and self._stop_signal is None:
-            self._stop_signal = agreed
-        return bool(agreed)
 
 
 def train(cfg, data=None, out_dir: str | os.PathLike | None = None, device=None, resume: bool | str = False,

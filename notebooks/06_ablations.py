@@ -21,11 +21,13 @@
 # generated samples, intermediate results from `cache/` when the inputs are unchanged (computed and stored
 # otherwise).
 #
-# 1. **Sampling steps** (§4.4.1, `tab:sampling-steps`): ancestral sampling over respaced schedules and DDIM (η = 0) with
-#    1000/250/100/50/… steps — quality (classifier FD, KID, conditional accuracy; the same n in every row, each
-#    with a 95 % interval) against time per image.
+# 1. **Sampling steps** (§4.4.1, `tab:sampling-steps`): ancestral sampling over respaced schedules, DDIM (η = 0) and
+#    DPM-Solver++(2M) with 1000/250/100/50/… steps — quality (classifier FD, KID, conditional accuracy, each with a
+#    95 % interval) against time per image, compared at equal n; the colour casts of the samples
+#    (`sample_colour`) beside held-out images; the network's ε-error by timestep and its per-image colour part.
 # 2. **Width and depth** (§4.4.2): variants of the conditional network trained with the same steps and batch,
-#    described from their configs, with 95 % intervals of each variant's difference from the base.
+#    described from their configs, with 95 % intervals of each variant's difference from the base, and their
+#    samples side by side (`width_depth_samples`).
 # 3. **The unconditional model and memorisation** (artefacts `uncond_quality`, `memorisation`, `closest_pairs`):
 #    FD and KID of the unconditional samples in a named feature space, beside training images at the same n;
 #    for both models, each sample's distance to its nearest training image against the same distance for
@@ -79,6 +81,7 @@ from diffusion.likelihood import bpd_for_variances
 from diffusion.metrics.intervals import (FrechetToReference, bootstrap_ci, format_ci, jackknife_difference_ci,
                                          proxy_metrics_ci)
 from diffusion.metrics.classifier import classifier_features, classifier_predict
+from diffusion.metrics.colour import colour_difference, colour_statistics
 from diffusion.metrics.kid import KidToReference
 from diffusion.metrics.memorisation import memorisation_check
 
@@ -101,14 +104,17 @@ def scored(images, labels=None) -> dict:
     intervals at its own n, plus the features for comparisons between sets."""
     feats = classifier_features(clf, torch.from_numpy(images))
     correct = None if labels is None else (classifier_predict(clf, torch.from_numpy(images)).numpy() == labels)
-    return {"feats": feats, **proxy_metrics_ci(feats, ref_feats, correct, num_resamples=bootstrap_resamples,
-                                               seed=seed)}
+    return {"feats": feats, "correct": correct, **proxy_metrics_ci(feats, ref_feats, correct,
+                                                                   num_resamples=bootstrap_resamples, seed=seed)}
 
 
 def difference(a: dict, b: dict, metric: str = "cfd") -> dict:
-    """95 % jackknife interval of metric(a) − metric(b) for two independent sets of samples."""
+    """95 % jackknife interval of metric(a) − metric(b) for two independent sets of samples (``"acc"``: the
+    conditional accuracy in percentage points, whose jackknife interval is the textbook mean ± z·s/√n)."""
     if metric == "cfd":
         return jackknife_difference_ci(a["feats"], b["feats"], cfd_of)
+    if metric == "acc":
+        return jackknife_difference_ci(100.0 * a["correct"], 100.0 * b["correct"], np.mean)
     return jackknife_difference_ci(np.arange(len(a["feats"])), np.arange(len(b["feats"])), kid_of.on_indices(a["feats"]),
                                    statistic_b=kid_of.on_indices(b["feats"]))
 
@@ -120,8 +126,8 @@ def difference(a: dict, b: dict, metric: str = "cfd") -> dict:
 # The classifier FD is biased upwards at small n, so only rows with the same n are compared: every
 # setting of at most `quality_max_steps` network calls per image is drawn `samples_per_setting` times; the
 # costlier ancestral rows (250, 1000 steps) `long_row_samples` times, and they are compared only in a second
-# block of the table where every setting enters with its first `long_row_samples` samples (None: one block,
-# every row at `samples_per_setting`). Each proxy number carries a 95 % interval over the samples (jackknife
+# table (`sampling_steps_long`) beside the settings compared with them, each with its first `long_row_samples`
+# samples (None: every row at `samples_per_setting`). Each proxy number carries a 95 % interval over the samples (jackknife
 # for FD and KID, percentile bootstrap for the accuracy) (`diffusion.metrics.intervals`); KID
 # (`diffusion.metrics.kid`) is unbiased in n. DDIM and DPM-Solver++ run only up to `quality_max_steps` steps
 # (their 1000-step cost would buy little: both follow the same deterministic trajectory ever more exactly).
@@ -155,19 +161,17 @@ def step_row(smp: str, S: int, r: dict) -> list[str]:
             format_ci(r["acc"], "{:.1f}"), f"{r['spi']:.3f}"]
 
 
-if n_long == n_steps:
-    rows = [step_row(smp, S, r) for (smp, S), r in res.items()]
-else:
-    rows = [report.TableGroup(f"每幅图像至多 {quality_max_steps} 次网络调用的设置，$n = {n_steps}$")]
-    rows += [step_row(smp, S, r) for (smp, S), r in res.items() if S <= quality_max_steps]
-    rows += [report.TableGroup(f"全部设置，各取前 {n_long} 幅样本，$n = {n_long}$")]
-    rows += [step_row(smp, S, r) for (smp, S), r in sub.items()]
-art.save_table("sampling_steps", report.booktabs_tabular(  # intervals: 95 %, stated in the thesis caption
-    ["采样器", "步数", "$n$", "分类器 FD", "KID", "条件准确率（\\%）", "单张耗时（秒）"],
-    [r if isinstance(r, report.TableGroup) else [report.escape_latex(c) for c in r] for r in rows],
-    align="lrrrrrr", escape=False),
-    config={"n": n_steps, "n_long": n_long, "bootstrap_resamples": bootstrap_resamples,
-            "quality_max_steps": quality_max_steps})
+STEPS_HEADER = ["采样器", "步数", "$n$", "分类器 FD", "KID", "条件准确率（\\%）", "单张耗时（秒）"]
+few = min((S for S in steps_list if ("dpmpp2m", S) in res and S >= 20), default=None)  # DPM-Solver++ at 20 steps
+# Two tables: every setting of at most quality_max_steps calls at its n; and, at n_long, the costlier ancestral
+# rows beside the settings compared with them (ancestral and DDIM at 50 steps, DPM-Solver++ at `few`).
+compared = [k for k in sub if k[1] > quality_max_steps or k in {("ancestral", 50), ("ddim", 50), ("dpmpp2m", few)}]
+for name, table_rows, n in (("sampling_steps", [(k, r) for k, r in res.items() if k[1] <= quality_max_steps], n_steps),
+                            ("sampling_steps_long", [(k, sub[k]) for k in compared], n_long)):
+    art.save_table(name, report.booktabs_tabular(  # intervals: 95 %, stated in the thesis caption
+        STEPS_HEADER, [[report.escape_latex(c) for c in step_row(smp, S, r)] for (smp, S), r in table_rows],
+        align="lrrrrrr", escape=False),
+        config={"n": n, "bootstrap_resamples": bootstrap_resamples, "quality_max_steps": quality_max_steps})
 full = res["ancestral", steps_list[0]]  # at n_long
 art.number("ConfidenceLevel", 100 * full["cfd"]["level"], "{:g}")  # of every interval in this notebook
 art.number("StepsSamples", n_steps, "{:d}")
@@ -178,7 +182,6 @@ art.number("StepsTimeFull", full["spi"], "{:.3f}")
 art.number("StepsCfdFull", format_ci(full["cfd"], part="estimate"))
 art.number("StepsCfdFullInterval", format_ci(full["cfd"], part="interval"))
 art.number("StepsKidFull", format_ci(full["kid"]))
-few = min((S for S in steps_list if ("dpmpp2m", S) in res and S >= 20), default=None)  # DPM-Solver++ at 20 steps
 if ("ddim", 50) in res:
     art.number("StepsTimeFifty", res["ddim", 50]["spi"], "{:.3f}")
     art.number("StepsCallRatio", steps_list[0] / 50, "{:g}")  # network calls: full ancestral / DDIM-50
@@ -193,18 +196,42 @@ if ("ddim", 50) in res:
         art.number("StepsKidDpm", format_ci(sub["dpmpp2m", few]["kid"]))
         pairs.append(("StepsDpmVsFull", sub["dpmpp2m", few], full))
     for name, a, b in pairs:
-        for metric, suffix in (("cfd", ""), ("kid", "Kid")):
+        for metric, suffix in (("cfd", ""), ("kid", "Kid"), ("acc", "Acc")):
             d = difference(a, b, metric)
             art.number(name + suffix + "Diff", format_ci(d))  # worded by the thesis (\Finding…)
 else:
     for name in ("StepsTimeFifty", "StepsCallRatio", "StepsCfdFifty", "StepsCfdFiftyAncestral", "StepsCfdFiftyInterval",
                  "StepsCfdFiftyAncestralInterval", "StepsKidFifty", "StepsDdimVsFullDiff", "StepsDdimVsAncestralDiff",
                  "StepsAncestralFiftyVsFullDiff", "StepsDdimVsFullKidDiff", "StepsDdimVsAncestralKidDiff",
-                 "StepsAncestralFiftyVsFullKidDiff"):
+                 "StepsAncestralFiftyVsFullKidDiff", "StepsDdimVsFullAccDiff", "StepsDdimVsAncestralAccDiff",
+                 "StepsAncestralFiftyVsFullAccDiff"):
         art.number(name, "n/a (50 steps not in this profile)")
 if few is None:
-    for name in ("StepsDpmSteps", "StepsKidDpm", "StepsDpmVsFullDiff", "StepsDpmVsFullKidDiff"):
+    for name in ("StepsDpmSteps", "StepsKidDpm", "StepsDpmVsFullDiff", "StepsDpmVsFullKidDiff", "StepsDpmVsFullAccDiff"):
         art.number(name, "n/a (DPM-Solver++ at 20 or more steps not in this profile)")
+
+# Colour casts (`diffusion.metrics.colour`): the spread of the per-image mean colours and the share of clipped
+# pixel values of the compared settings at n_long, beside as many held-out images drawn at random.
+held = test.images[torch.randperm(len(test.images), generator=torch.Generator().manual_seed(seed))[:n_long]].numpy()
+colour_sets = {"held": held, **{k: sub[k]["images"] for k in compared}}
+colour = {k: colour_statistics(v) for k, v in colour_sets.items()}
+art.save_table("sample_colour", report.booktabs_tabular(  # intervals: 95 %, stated in the thesis caption
+    ["图像", "$n$", "逐图像平均颜色的离散度", "饱和像素（\\%）"],
+    [[report.escape_latex(c) for c in ["留出图像" if k == "held" else f"{SAMPLER_TITLES[k[0]]}，{k[1]} 步", str(c["n"]),
+                                      format_ci(c["spread"], "{:.3f}"),
+                                      format_ci({**c["saturated"], **{q: 100 * c["saturated"][q] for q in
+                                                                      ("estimate", "low", "high")}}, "{:.1f}")]]
+     for k, c in colour.items()], align="lrrr", escape=False),
+    config={"n": n_long})
+art.number("ColourSpreadHeld", format_ci(colour["held"]["spread"], "{:.3f}"))
+for key, name in ((("ancestral", steps_list[0]), "Full"), (("ancestral", 50), "AncestralFifty"), (("ddim", 50), "Ddim"),
+                  (("dpmpp2m", few), "Dpm")):
+    if key in colour:
+        art.number("ColourSpread" + name, format_ci(colour[key]["spread"], "{:.3f}"))
+        art.number("ColourSpread" + name + "VsHeldDiff", format_ci(colour_difference(colour_sets[key], held), "{:.3f}"))
+    else:
+        for suffix in ("", "VsHeldDiff"):
+            art.number("ColourSpread" + name + suffix, "n/a (setting not in this profile)")
 
 ncol = min(6, n_steps)
 cell = min(0.3, (report.FULL_WIDTH_IN - 0.7) / (len(SAMPLER_TITLES) * ncol))  # inches per image; 0.7 in for labels
@@ -248,6 +275,7 @@ eps_err = eps_error_by_timestep(tm.diffusion, tm.model, x_held, eps_ts, model_kw
 fig, axes = plt.subplots(1, 2, figsize=(report.FULL_WIDTH_IN, 2.5))
 axes[0].plot(eps_err["t"] + 1, eps_err["mse"], "o-", label=r"网络 $\epsilon_\theta$（EMA 参数）")
 axes[0].plot(eps_err["t"] + 1, eps_err["identity_mse"], "s--", label=r"平凡预测 $\hat{\epsilon}=x_t$")
+axes[0].plot(eps_err["t"] + 1, eps_err["channel_mean_mse"], "^:", label="网络误差中逐图像通道均值的部分")
 axes[0].set_xlabel("时间步 $t$"), axes[0].set_ylabel("噪声预测均方误差"), axes[0].legend()
 axes[1].plot(eps_err["t"] + 1, eps_err["x0_mse"] ** 0.5, "o-", color="C2")
 for ax in axes:
@@ -256,10 +284,14 @@ axes[1].set_xlabel("时间步 $t$"), axes[1].set_ylabel(r"$\hat{x}_0$ 的均方�
 art.save_figure(fig, "eps_error")
 top = -1  # t = T − 1
 print(f"t = {T - 1}: network {eps_err['mse'][top]:.2e}, trivial {eps_err['identity_mse'][top]:.2e}, "
-      f"implied x̂_0 RMS error {eps_err['x0_mse'][top] ** 0.5:.2f}")
+      f"implied x̂_0 RMS error {eps_err['x0_mse'][top] ** 0.5:.2f}, "
+      f"{100 * eps_err['channel_mean_mse'][top] / eps_err['mse'][top]:.0f} % of the ε-error in the channel means")
 art.number("EpsMseTop", report.latex_sci(eps_err["mse"][top]), escape=False)
 art.number("EpsMseTopTrivial", report.latex_sci(eps_err["identity_mse"][top]), escape=False)
 art.number("EpsXzeroRmsTop", eps_err["x0_mse"][top] ** 0.5, "{:.1f}")
+# the share of the error in each image's channel means: 1/(H·W) for white errors; a colour-blind network's is larger
+art.number("EpsChannelMeanShareTop", 100 * eps_err["channel_mean_mse"][top] / eps_err["mse"][top], "{:.2g}")
+art.number("EpsWhiteMeanShare", 100 / (x_held.shape[-1] * x_held.shape[-2]), "{:.2f}")
 art.number("EpsErrorImages", eps_error_images, "{:d}")
 
 # %% [markdown]
@@ -287,7 +319,7 @@ for name, overrides in variants.items():
     vm = experiments.trained_model(art, spec_v, "cond", producer="06_ablations", kind=f"variant-{name}")
     out = experiments.generate(art, vm, variant_samples, sampler="ancestral", steps=q_steps, y=y_var, seed=seed, tag="variants")
     vres[name] = dict(model=vm.cfg.model, loss=vm.summary["ema_loss"], params=vm.summary["params"],
-                      **scored(out["images"], y_var))
+                      images=out["images"], **scored(out["images"], y_var))
     print(f"{name:8s}: {vm.summary['params']:,} params, loss {vm.summary['ema_loss']:.4f}, "
           f"classifier FD {format_ci(vres[name]['cfd'])}, KID {format_ci(vres[name]['kid'])}")
 base_name = "base" if "base" in vres else next(iter(vres))
@@ -323,6 +355,13 @@ for key, prefix in (("narrow", "WidthNarrow"), ("shallow", "DepthShallow")):
         art.number(prefix + metric.capitalize() + "Diff", format_ci(d))
 for key, name in (("narrow", "WidthCfdNarrow"), ("shallow", "DepthCfdShallow")):
     art.number(name, format_ci(vres[key]["cfd"], part="estimate") if key in vres else "n/a")
+
+# the variants' first samples side by side: the same labels and initial noise in every row
+ncol_v = min(2 * K, variant_samples)
+fig, ax = plt.subplots(figsize=(report.FULL_WIDTH_IN, (report.FULL_WIDTH_IN - 0.8) * len(vres) / ncol_v + 0.15))  # 0.8 in: labels
+report.show_images(ax, np.concatenate([v["images"][:ncol_v] for v in vres.values()]), nrow=ncol_v,
+                   row_labels=[VARIANT_TITLES.get(name, name) for name in vres])
+art.save_figure(fig, "width_depth_samples")
 
 # %% [markdown]
 # ## 3. The unconditional model, and memorisation (artefacts `uncond_quality`, `memorisation`, `closest_pairs`)

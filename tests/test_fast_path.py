@@ -16,7 +16,7 @@ from diffusion.ema import EMA
 from diffusion.fast import Bf16Model, configure_backends, prepare_for_sampling
 from diffusion.gaussian_diffusion import create_diffusion
 from diffusion.samplers import sample
-from diffusion.train import make_train_step
+from diffusion.train_step import make_train_step
 from diffusion.unet import UNet
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -221,12 +221,3 @@ def test_latex_sci():
     assert latex_sci(-12345, 2) == r"$-1.23\times10^{4}$"
     with pytest.raises(ValueError):
         latex_sci(float("nan"))
-
-
-def test_booktabs_groups_head_their_rows():
-    tab = report.booktabs_tabular(["a", "b"], [report.TableGroup("$n = 5$"), [1, 2], report.TableGroup("n_2"), [3, 4]],
-                                  escape=True)
-    lines = tab.splitlines()
-    first, second = lines.index(r"\multicolumn{2}{l}{\$n = 5\$} \\"), lines.index(r"\multicolumn{2}{l}{n\_2} \\")
-    assert lines[first - 1] == r"\midrule" and lines[first + 1] == r"1 & 2 \\"  # no doubled rule under the header
-    assert lines[first - 2] == r"a & b \\" and lines[second - 1] == r"\midrule" and lines[second + 1] == r"3 & 4 \\"

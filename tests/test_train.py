@@ -12,7 +12,8 @@ from diffusion.checkpoint import list_checkpoints, load_checkpoint
 from diffusion.config import config_from_dict
 from diffusion.data import ImageData
 from diffusion.ema import EMA
-from diffusion.train import NonFiniteLossError, TrainStats, Trainer, make_train_step, warmup_lr
+from diffusion.train import NonFiniteLossError, Trainer
+from diffusion.train_step import TrainStats, make_train_step, warmup_lr
 
 torch.set_num_threads(1)
 

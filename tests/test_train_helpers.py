@@ -17,13 +17,14 @@ import pytest
 import torch
 from PIL import Image
 
+import diffusion.stop_signals
 import diffusion.train
 from diffusion.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from diffusion.config import build_diffusion, build_model, config_from_dict, config_to_dict
 from diffusion.data import ImageData
 from diffusion.samplers import sample
-from diffusion.train import (NonFiniteLossError, TrainStats, Trainer, make_train_step, resolve_device,
-                             save_sample_grid, set_lr, train, warmup_lr)
+from diffusion.train import NonFiniteLossError, Trainer, resolve_device, save_sample_grid, train
+from diffusion.train_step import TrainStats, make_train_step, set_lr, warmup_lr
 from tests.messages import exact
 from tests.test_train import read_metrics, tiny_cfg, tiny_data
 
@@ -434,13 +435,13 @@ def test_reseeding_after_a_world_size_change_uses_step_and_rank(tmp_path):
 def test_a_second_signal_stops_at_once(tmp_path):
     tr = _trainer(tmp_path)
     try:
-        tr._on_signal(signal.SIGTERM, None)
+        tr.signals.handle(signal.SIGTERM)
     except KeyboardInterrupt:  # caught here: pytest would take it for the user stopping the run
         pytest.fail("the first signal stopped the run at once instead of at the next step")
-    assert tr._stop_signal == signal.SIGTERM
+    assert tr.signals.received == signal.SIGTERM and tr.signals.name == "SIGTERM"
     with pytest.raises(KeyboardInterrupt):
-        tr._on_signal(signal.SIGINT, None)
-    assert tr._stop_signal == signal.SIGTERM
+        tr.signals.handle(signal.SIGINT)
+    assert tr.signals.received == signal.SIGTERM
     tr.close()
 
 
@@ -585,7 +586,7 @@ def test_a_stop_signal_logs_saves_and_says_how_to_continue(tmp_path, monkeypatch
 
     def stop_after(step):
         if step == 3:
-            tr._on_signal(signal.SIGTERM, None)
+            tr.signals.handle(signal.SIGTERM)
 
     _clocked(tr, monkeypatch, on_step=stop_after)
     capsys.readouterr()
@@ -667,18 +668,22 @@ def test_processes_agree_on_a_stop_every_log_interval(tmp_path, monkeypatch):
         reduced.append(float(flag))
         return torch.tensor(max(float(flag), other))
 
-    monkeypatch.setattr(diffusion.train.distributed, "all_reduce_max", all_reduce_max)
+    monkeypatch.setattr(diffusion.stop_signals.distributed, "all_reduce_max", all_reduce_max)
     other = 0.0
+
+    def stop(log_every):
+        return tr.signals.requested(tr.step, log_every, tr.dist.world_size, tr.device)
+
     tr.step = 3
-    assert tr._stop_requested(2) is False and reduced == []  # not a log step: no collective
+    assert stop(2) is False and reduced == []  # not a log step: no collective
     tr.step = 4
-    assert tr._stop_requested(2) is False and reduced == [0.0] and tr._stop_signal is None
+    assert stop(2) is False and reduced == [0.0] and tr.signals.received is None
     other = float(signal.SIGTERM)  # another rank was signalled
-    assert tr._stop_requested(2) is True and tr._stop_signal == signal.SIGTERM
+    assert stop(2) is True and tr.signals.received == signal.SIGTERM
     other, reduced[:] = 0.0, []
-    tr._stop_signal = signal.SIGINT  # this rank was signalled
-    assert tr._stop_requested(2) is True and reduced == [float(signal.SIGINT)] and tr._stop_signal == signal.SIGINT
+    tr.signals.received = signal.SIGINT  # this rank was signalled
+    assert stop(2) is True and reduced == [float(signal.SIGINT)] and tr.signals.received == signal.SIGINT
     tr.dist = SimpleNamespace(rank=0, world_size=1, local_rank=0)
-    tr._stop_signal = None
-    assert tr._stop_requested(2) is False
+    tr.signals.received = None
+    assert stop(2) is False
     tr.close()

@@ -55,12 +55,15 @@ TESTS = {
     "ema": ["test_checkpoint", "test_train", "test_weights_used", "test_ema_legacy_state"],
     "train": ["test_train", "test_weights_used", "test_runs", "test_train_helpers", "test_ddp", "test_fast_path",
               "test_cli"],
+    "train_step": ["test_train", "test_train_helpers", "test_fast_path", "test_ddp"],
+    "train_state": ["test_train", "test_train_helpers", "test_runs", "test_crash_only", "test_ddp"],
+    "stop_signals": ["test_train_helpers", "test_crash_only", "test_runs"],
     "unet": ["test_unet", "test_unet_structure", "test_ddpm_variant", "test_model_info", "test_unet_validation"],
     "metrics": sorted(p.stem for p in (ROOT / "tests").glob("test_metrics_*.py")) + [
         "test_toy_energy", "test_cache_keys", "test_weights_used"],
 }
-DEFAULT = ["schedules", "losses", "gaussian_diffusion", "respace", "samplers", "guidance", "ema", "train", "unet",
-           "metrics"]
+DEFAULT = ["schedules", "losses", "gaussian_diffusion", "respace", "samplers", "guidance", "ema", "train", "train_step",
+           "train_state", "stop_signals", "unet", "metrics"]
 # torch.compile cannot trace mutmut's trampolines (they read a contextvar): these tests are left out
 # the two subprocess tests of the run lock (tests/test_runs.py, 19 s and 8 s; diffusion.runs is not mutated) would
 # run for every surviving mutant of the trainer: left out as well

@@ -71,15 +71,9 @@ def _count_columns(spec: str) -> int:
     return count
 
 
-class TableGroup(str):
-    """A row of :func:`booktabs_tabular` that heads a group of rows: one cell across all columns, ruled off."""
-
-
 def booktabs_tabular(header: Sequence[str], rows: Iterable[Sequence[Any]], align: str | None = None,
                      escape: bool = True) -> str:
-    """A booktabs ``tabular`` (no float) with one header row; cells are escaped unless ``escape=False``.
-    A :class:`TableGroup` among the rows heads the rows after it (``\\multicolumn`` over every column,
-    with a rule above it unless it comes first)."""
+    """A booktabs ``tabular`` (no float) with one header row; cells are escaped unless ``escape=False``."""
     header = list(header)
     if not header:
         raise ValueError("header must name at least one column")
@@ -90,11 +84,6 @@ def booktabs_tabular(header: Sequence[str], rows: Iterable[Sequence[Any]], align
     lines = [rf"\begin{{tabular}}{{{align}}}", r"\toprule", " & ".join(fmt(h) for h in header) + r" \\",
              r"\midrule"]
     for row in rows:
-        if isinstance(row, TableGroup):
-            if lines[-1] != r"\midrule":
-                lines.append(r"\midrule")
-            lines.append(rf"\multicolumn{{{len(header)}}}{{l}}{{{fmt(row)}}} \\")
-            continue
         row = list(row)
         if len(row) != len(header):
             raise ValueError(f"every row must have {len(header)} cells, got {len(row)}: {row!r}")
