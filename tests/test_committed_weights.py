@@ -156,10 +156,27 @@ def test_committed_models_are_current(profile, kind, folder):
     assert key == folder.name.removesuffix(".partial"), f"{folder.relative_to(ROOT)} is stale: its key is now {key}"
 
 
-def test_the_long_profile_trains_nothing(tmp_path, monkeypatch):
-    """``make figures PROFILE=long`` on a clean clone takes both models from weights/long/."""
+def _finished(profile: str, kind: str) -> bool:
+    return any(d.is_dir() and not d.name.endswith(".partial") for d in (ROOT / "weights" / profile / kind).glob("*"))
+
+
+@pytest.mark.parametrize("profile", ["long", "cpu"])
+def test_the_profile_trains_nothing(profile, tmp_path, monkeypatch):
+    """``make figures PROFILE=long`` (and ``cpu``, the thesis's profile) on a clean clone takes every model from
+    weights/<profile>/: both models of 04, and the width/depth variants of 06 where the profile commits them."""
     from diffusion.fingerprint import training_fingerprint
 
+    variants = experiments.profile_params(profile, "06_ablations")["variants"] if profile == "cpu" else {}
+    kinds = ["train-cond", "train-uncond"] + [f"variant-{name}" for name in variants]
+    if profile == "cpu" and not all(_finished(profile, kind) for kind in kinds):
+        pytest.skip(f"the cpu models are trained over several sessions; not yet committed finished: "
+                    f"{', '.join(k for k in kinds if not _finished(profile, k))}")
+    if profile == "cpu":
+        from diffusion.data import DatasetNotFoundError
+        try:
+            experiments.load_data(experiments.model_spec(profile, "cond"))
+        except DatasetNotFoundError as err:
+            pytest.skip(f"the cpu profile's offline data are not on this machine: {err}")
     monkeypatch.delenv("DDPM_RETRAIN", raising=False)
     monkeypatch.delenv("DDPM_WEIGHTS_DIR", raising=False)
     training_fingerprint()  # measured by the real trainer before it is replaced
@@ -168,10 +185,19 @@ def test_the_long_profile_trains_nothing(tmp_path, monkeypatch):
         raise AssertionError("trained although committed weights apply")
 
     monkeypatch.setattr(diffusion.train, "Trainer", no_training)
-    art = report.Artefacts("long", "04_training", tmp_path / "out", cache_root=tmp_path / "cache")
+    art = report.Artefacts(profile, "04_training", tmp_path / "out", cache_root=tmp_path / "cache")
     for which in ("cond", "uncond"):
-        tm = experiments.trained_model(art, experiments.model_spec("long", which), which, dev=torch.device("cpu"))
+        tm = experiments.trained_model(art, experiments.model_spec(profile, which), which, dev=torch.device("cpu"))
         assert tm.entry.source == "weights" and tm.summary["step"] == tm.cfg.train.total_steps
+    if variants:
+        params = experiments.profile_params(profile, "06_ablations")
+        art06 = report.Artefacts(profile, "06_ablations", tmp_path / "out06", cache_root=tmp_path / "cache")
+        for name, overrides in variants.items():
+            spec = experiments.variant_spec(experiments.model_spec(profile, "cond"), overrides, params["variant_steps"],
+                                            params["variant_batch"])
+            vm = experiments.trained_model(art06, spec, "cond", producer="06_ablations", kind=f"variant-{name}",
+                                           dev=torch.device("cpu"))
+            assert vm.entry.source == "weights" and vm.summary["step"] == params["variant_steps"]
 
 
 def test_an_unfinished_training_is_carried_over_and_resumed_exactly(tiny, tmp_path, monkeypatch):
