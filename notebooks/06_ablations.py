@@ -219,8 +219,7 @@ art.save_table("sample_colour", report.booktabs_tabular(  # intervals: 95 %, sta
     ["图像", "$n$", "逐图像平均颜色的离散度", "饱和像素（\\%）"],
     [[report.escape_latex(c) for c in ["留出图像" if k == "held" else f"{SAMPLER_TITLES[k[0]]}，{k[1]} 步", str(c["n"]),
                                       format_ci(c["spread"], "{:.3f}"),
-                                      format_ci({**c["saturated"], **{q: 100 * c["saturated"][q] for q in
-                                                                      ("estimate", "low", "high")}}, "{:.1f}")]]
+                                      format_ci(c["saturated"], "{:.1f}", scale=100)]]
      for k, c in colour.items()], align="lrrr", escape=False),
     config={"n": n_long})
 art.number("ColourSpreadHeld", format_ci(colour["held"]["spread"], "{:.3f}"))
@@ -458,9 +457,7 @@ for which, prefix in (("uncond", "MemoUncond"), ("cond", "MemoCond")):
     m = memo[which]
     art.number(prefix + "N", m["n"], "{:,d}")
     art.number(prefix + "Percentile", m["percentile"], "{:g}")
-    art.number(prefix + "Fraction", format_ci({**m["fraction_below"], **{k: 100 * m["fraction_below"][k]
-                                                                         for k in ("estimate", "low", "high")}},
-                                              "{:.1f}"))
+    art.number(prefix + "Fraction", format_ci(m["fraction_below"], "{:.1f}", scale=100))
     art.number(prefix + "MedianSample", format_ci(m["median_sample"], "{:.3f}"))
     art.number(prefix + "MedianHeldout", format_ci(m["median_heldout"], "{:.3f}"))
     art.number(prefix + "MedianDiff", format_ci(m["median_difference"], "{:.3f}"))

@@ -134,6 +134,8 @@ def test_format_ci_decimals_follow_the_width():
     assert (format_ci(ci, part="estimate"), format_ci(ci, part="interval")) == ("36.5", "[31.2, 41.9]")
     with pytest.raises(ValueError, match="part"):
         format_ci(ci, part="low")
+    fraction = {"estimate": 0.012, "low": 0.005, "high": 0.02, "n": 400}
+    assert format_ci(fraction, "{:.1f}", scale=100) == "1.2 [0.5, 2.0]" and fraction["estimate"] == 0.012
 
 
 def test_kid_on_indices_equals_kid_of_the_resample():

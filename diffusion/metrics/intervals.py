@@ -240,12 +240,14 @@ def ci_decimals(ci: dict, digits: int = 3) -> int:
     return max(0, digits - 1 - int(np.floor(np.log10(width))))
 
 
-def format_ci(ci: dict, fmt: str | None = None, part: str = "all") -> str:
-    """"estimate [low, high]" of a :func:`bootstrap_ci` result, each number formatted with ``fmt``
-    (default: fixed-point with :func:`ci_decimals` decimals); ``part`` "estimate" or "interval" gives
-    only "estimate" or only "[low, high]" (same formatting)."""
+def format_ci(ci: dict, fmt: str | None = None, part: str = "all", scale: float = 1.0) -> str:
+    """"estimate [low, high]" of a :func:`bootstrap_ci` result, each number multiplied by ``scale`` (100: a
+    fraction as a percentage) and formatted with ``fmt`` (default: fixed-point with :func:`ci_decimals`
+    decimals); ``part`` "estimate" or "interval" gives only "estimate" or only "[low, high]" (same formatting)."""
     if part not in ("all", "estimate", "interval"):
         raise ValueError(f"part must be 'all', 'estimate' or 'interval', got {part!r}")
+    if scale != 1.0:
+        ci = {**ci, **{k: scale * ci[k] for k in ("estimate", "low", "high")}}
     fmt = fmt or f"{{:.{ci_decimals(ci)}f}}"
     estimate, interval = fmt.format(ci["estimate"]), f"[{fmt.format(ci['low'])}, {fmt.format(ci['high'])}]"
     return {"all": f"{estimate} {interval}", "estimate": estimate, "interval": interval}[part]
