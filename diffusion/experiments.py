@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffusion.report import Artefacts, CacheEntry, repo_root
+from diffusion.report import Artefacts, CacheEntry, dataset_label_zh, repo_root
 
 __all__ = ["BOOKKEEPING", "FeatureSpace", "TrainedModel", "device", "generate", "load_data", "load_run_config", "model_spec", "nearest_neighbours", "profile_params",
            "proxy_classifier", "proxy_classifier_inputs", "train_toy", "trained_model", "training_key", "uncond_feature_space", "variant_spec", "with_overrides"]
@@ -160,12 +160,13 @@ def uncond_feature_space(uncond: dict, cond: dict, steps: int | None = None) -> 
             images = torch.nn.functional.avg_pool2d(images.float(), factor).round().clamp(0, 255).to(torch.uint8)
         return classifier_features(clf, images)
 
+    clf_zh, test_zh = dataset_label_zh(clf.dataset_label), dataset_label_zh(test.label)
     if own:
-        name, why = f"{clf.dataset_label} 代理分类器特征", "该数据集自身有类别标签，代理分类器在其训练集上训练"
+        name, why = f"{clf_zh} 代理分类器的特征", "该数据集自身有类别标签，代理分类器就在它的训练集上训练"
     else:
-        name = f"{clf.dataset_label} 代理分类器特征（图像平均池化到 {size}×{size}）"
-        why = (f"{test.label} 没有类别标签，无法训练自身的代理分类器；改用在另一数据集（{clf.dataset_label}）的自然图像上"
-               "训练的分类器特征，正如 FID 用 ImageNet 上训练的 Inception 网络度量 CelebA")
+        name = f"{clf_zh} 代理分类器的特征（图像平均池化到 {size}×{size}）"
+        why = (f"{test_zh} 没有类别标签，无法训练它自己的代理分类器，因此改用在另一数据集的自然图像上训练的分类器，"
+               "正如 FID 用在 ImageNet 上训练的 Inception 网络度量 CelebA")
     return FeatureSpace(name, why, features, features(test.images), clf)
 
 

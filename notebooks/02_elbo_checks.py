@@ -180,7 +180,7 @@ print("t, analytic KL, MC KL, rel. error:")
 for i, a, m_, r in zip(pick, analytic, mc, rel):
     print(f"  {i + 1:5d}  {a:.5f}  {m_:.5f}  {r:.2e}")
 assert np.all(np.abs(mc - analytic) < 5 * mc_se)
-art.number("KLMaxRelErr", float(rel.max()), "{:.1e}")
+art.number("KLMaxRelErr", report.latex_sci(float(rel.max())), escape=False)  # e.g. $1.3\times10^{-2}$
 
 fig, ax = plt.subplots(figsize=(report.HALF_WIDTH_IN, 3.0))
 ax.errorbar(analytic, mc, yerr=2 * mc_se, fmt="o", ms=3,

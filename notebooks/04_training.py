@@ -50,6 +50,8 @@ import numpy as np
 import torch
 
 from diffusion import experiments, report
+from diffusion.config import load_config
+from diffusion.report import trained_models
 
 torch.manual_seed(seed)
 if threads:
@@ -233,13 +235,22 @@ env_rows = [["计算设备", report.device_name()], ["PyTorch 使用的 CPU 线�
             ["实验配置", profile]]
 art.save_table("environment", report.booktabs_tabular(["项目", "取值"], env_rows, align="ll"))
 
-rows = []
+# The trained models beside their designs (the configuration files before the profile's overrides):
+# one column each, every cell read from a configuration (diffusion.report.trained_models).
+specs = {"cond": cond, "uncond": uncond}
+columns = []  # (header, configuration, model name, trained model or None for the design)
 for which, tm in models.items():
-    s = tm.summary
-    rows.append([label[which], data_zh[which], f"{s['step']:,}", str(tm.cfg.train.batch_size),
-                 f"{s['elapsed_s'] / 60:.1f}", f"{final_loss(tm):.4f}", f"{s['params'] / 1e6:.2f}"])
-art.save_table("training_summary", report.booktabs_tabular(
-    ["模型", "数据集", "训练步数", "批量", "用时（分钟）", "最终损失", "参数量（百万）"], rows, align="llrrrrr"))
+    design = load_config(experiments.repo_root() / specs[which]["config"])
+    columns += [(f"{label[which]}：设计", design, which, None), (f"{label[which]}：本文训练", tm.cfg, which, tm)]
+rows = [["数据集", *(trained_models.design_dataset(c) if t is None else report.escape_latex(data_zh[w])
+                   for _, c, w, t in columns)]]
+rows += trained_models.settings_rows([c for _, c, _, _ in columns])
+rows += [["参数量（百万）", *(f"{(t.summary['params'] if t else trained_models.parameter_count(c, models[w].data)) / 1e6:.2f}"
+                         for _, c, w, t in columns)],
+         ["训练用时（分钟）", *("—" if t is None else f"{t.summary['elapsed_s'] / 60:.0f}" for _, _, _, t in columns)],
+         ["最终损失", *("—" if t is None else f"{final_loss(t):.4f}" for _, _, _, t in columns)]]
+art.save_table("training_summary", report.booktabs_tabular(["设置", *(h for h, _, _, _ in columns)], rows,
+                                                           align="l" + "r" * len(columns), escape=False))
 
 art.number("ProfileName", profile)
 art.number("DeviceName", report.device_name())

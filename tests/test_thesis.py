@@ -283,7 +283,7 @@ def test_number_check_catches_typed_numbers():
 
 def test_every_number_in_the_text_has_a_source():
     tables = set()
-    for fig_dir in [FIGURES / p for p in ("quick", "long") if (FIGURES / p / "tables").is_dir()] or [SMOKE]:
+    for fig_dir in [FIGURES / p for p in ("quick", "long", "cpu") if (FIGURES / p / "tables").is_dir()] or [SMOKE]:
         tables |= _table_numbers(fig_dir)
     problems = []
     for src in sorted((THESIS / "chapters").glob("*.tex")):
@@ -413,7 +413,7 @@ def test_equations_numbered_one_to_eighteen(smoke_pdf):
 
 
 # ------------------------------------------------------------------ the committed profiles, as printed
-COMMITTED = [p for p in ("quick", "long") if (FIGURES / p / "numbers.tex").is_file()]
+COMMITTED = [p for p in ("quick", "long", "cpu") if (FIGURES / p / "numbers.tex").is_file()]
 
 
 @pytest.fixture(scope="module", params=COMMITTED or ["quick"])
@@ -430,6 +430,6 @@ def committed_pdf(request, tmp_path_factory):
 
 @pytest.mark.timeout(600)
 def test_committed_thesis_passes_the_examiner_check(committed_pdf):
-    """Every committed profile (quick, which `make all` regenerates; long, which `make thesis` prefers)."""
+    """Every committed profile (quick, which `make all` regenerates; cpu, which `make thesis` prefers)."""
     problems = thesis_check.check(committed_pdf)
     assert not problems, "\n".join(problems)
