@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion.metrics.memorisation import memorisation_check
+from diffusion.metrics.memorisation import memorisation_check, wilson_interval
 from diffusion.metrics.neighbours import nearest_neighbours
 
 
@@ -44,6 +44,28 @@ def test_copies_of_training_images_are_caught():
     np.testing.assert_allclose(out["sample_distances"], np.sqrt(3) / 255, rtol=1e-6)  # one level, 3 channels
     pairs = out["closest_pairs"]
     assert pairs.shape == (16, 2) and (pairs[:, 1] == picked.numpy()[pairs[:, 0]]).all()
+
+
+def test_no_sample_below_the_threshold_still_has_an_interval():
+    """Samples far from every training image: a count of 0, whose bootstrap is all zeros; the interval keeps the
+    binomial error of the count (Wilson: 0 of n is compatible with rates up to z²/(n + z²))."""
+    far = (255 - TRAIN[:64]).flip(-1)  # no longer near any training image
+    out = memorisation_check(far, TRAIN, faces(64, 10), num_resamples=100, progress=False)
+    f = out["fraction_below"]
+    assert f["estimate"] == 0.0 and f["low"] == 0.0
+    assert f["high"] == pytest.approx(1.959964 ** 2 / (64 + 1.959964 ** 2), rel=1e-5)
+
+
+def test_wilson_interval_against_closed_form_and_coverage():
+    """k = 0: [0, z²/(n + z²)]; symmetric in k ↔ n − k; and its coverage of a binomial rate is near 95 %."""
+    assert wilson_interval(0, 100, 0.95) == pytest.approx((0.0, 3.8415 / 103.8415), abs=1e-4)
+    lo, hi = wilson_interval(3, 40, 0.95)
+    lo2, hi2 = wilson_interval(37, 40, 0.95)
+    assert (lo, hi) == pytest.approx((1 - hi2, 1 - lo2))
+    rng = np.random.default_rng(0)
+    ks = rng.binomial(200, 0.02, size=4000)
+    covered = np.mean([lo <= 0.02 <= hi for lo, hi in (wilson_interval(int(k), 200, 0.95) for k in ks)])
+    assert 0.92 < covered < 0.99
 
 
 def test_distances_are_the_nearest_neighbour_distances_and_equal_n():

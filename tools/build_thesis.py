@@ -142,7 +142,13 @@ def parse_contract(path: Path) -> tuple[dict[str, str], dict[str, str], dict[str
 
 
 def thesis_sources(thesis_dir: Path) -> list[Path]:
-    return sorted(thesis_dir.glob("*.tex")) + sorted((thesis_dir / "chapters").glob("*.tex"))
+    """The thesis's .tex files: the top-level ones, then the chapters in the order thesis.tex reads them (so the
+    artefacts they use are listed in the order the reader meets them), then any chapter it does not read."""
+    main = thesis_dir / "thesis.tex"
+    text = re.sub(r"(?<!\\)%.*", "", main.read_text(encoding="utf-8")) if main.is_file() else ""
+    order = {name: i for i, name in enumerate(re.findall(r"\\input\{chapters/([^}]+?)(?:\.tex)?\}", text))}
+    chapters = sorted((thesis_dir / "chapters").glob("*.tex"), key=lambda p: (order.get(p.stem, len(order)), p.name))
+    return sorted(thesis_dir.glob("*.tex")) + chapters
 
 
 def used_artefacts(sources: list[Path]) -> tuple[list[str], list[str], set[str]]:
@@ -465,7 +471,7 @@ def provenance_tex(records: dict[str, dict], figs: list[str], tabs: list[str]) -
         out.append("全部图表共同的来源：" + "；".join(f"{title} {tex_escape(value)}" for title, _, value in shared) + "。")
     out.append("每项图表的完整配置（模型、采样器、步数、样本数）记录在仓库的 "
                "\\texttt{figures/\\ProfileName/provenance.json} 中。\\par\\medskip")
-    cols = ["图表", "生成它的 notebook", "数据集"] + [title for title, _, _ in varying] + ["生成时间（UTC）"]
+    cols = ["图表", "生成它的实验脚本", "数据集"] + [title for title, _, _ in varying] + ["生成时间（UTC）"]
     out += [r"{\small\centering", r"\begin{tabular}{" + "l" * len(cols) + "}", r"\toprule",
             " & ".join(cols) + r" \\", r"\midrule"]
     for kind, name, rec in used:
