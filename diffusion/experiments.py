@@ -30,7 +30,7 @@ import torch
 
 from diffusion.report import Artefacts, CacheEntry, dataset_label_zh, repo_root
 
-__all__ = ["BOOKKEEPING", "FeatureSpace", "TrainedModel", "device", "generate", "load_data", "load_run_config", "model_spec", "nearest_neighbours", "profile_params",
+__all__ = ["BOOKKEEPING", "FeatureSpace", "TrainedModel", "device", "generate", "load_data", "load_run_config", "model_spec", "profile_params",
            "proxy_classifier", "proxy_classifier_inputs", "train_toy", "trained_model", "training_key", "uncond_feature_space", "variant_spec", "with_overrides"]
 
 TRAIN_PRODUCER = "04_training"
@@ -352,15 +352,6 @@ def variant_spec(spec: dict, overrides: dict, steps: int, batch: int) -> dict:
     return with_overrides(spec, {**overrides, "train.total_steps": steps, "train.batch_size": int(batch),
                                  "train.sample_every": [], "train.warmup_steps": min(200, steps // 4 + 1),
                                  "train.ckpt_every": steps})
-
-
-def nearest_neighbours(samples: np.ndarray, train_images, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (N, k) and L2 distances (N, k) of each uint8 sample's ``k`` nearest training images in pixel
-    space, with images scaled to [-1, 1] (the model's range)."""
-    a = torch.as_tensor(samples).flatten(1).float() / 127.5 - 1
-    b = torch.as_tensor(train_images).flatten(1).float() / 127.5 - 1
-    dist, idx = torch.cdist(a, b).topk(k, dim=1, largest=False)
-    return idx.numpy(), dist.numpy()
 
 
 def train_toy(art: Artefacts, name: str, n_points: int, num_timesteps: int, train_steps: int, batch_size: int,

@@ -86,6 +86,7 @@ from diffusion.metrics.classifier import classifier_features, classifier_predict
 from diffusion.metrics.colour import colour_difference, colour_statistics
 from diffusion.metrics.kid import KidToReference
 from diffusion.metrics.memorisation import memorisation_check
+from diffusion.metrics.neighbours import nearest_neighbours
 
 torch.manual_seed(seed)
 if threads:
@@ -474,14 +475,14 @@ for which, prefix in (("uncond", "MemoUncond"), ("cond", "MemoCond")):
 art.number("MemoCondSetting", f"{SAMPLER_TITLES[memo_cond_key[0]]}{memo_cond_key[1]} 步")
 
 nn_show = min(int(nn_samples), n_memo)
-idx, dist = experiments.nearest_neighbours(out_u["images"][:nn_show], tu.data.images, k=5)
+idx, dist = nearest_neighbours(torch.as_tensor(out_u["images"][:nn_show]), tu.data.images, k=5)  # L2, pixel values in [0, 1]
 panel = np.concatenate([np.concatenate([out_u["images"][i:i + 1], tu.data.images[idx[i]].numpy()])
                         for i in range(nn_show)])
 fig, ax = plt.subplots(figsize=(3.0, 0.45 * nn_show + 0.35))
 report.show_images(ax, panel, nrow=6)
 ax.set_title("生成样本 | 训练集中 5 个 $L_2$ 最近邻")
 art.save_figure(fig, "nearest_neighbours", dataset=data_u, config=uncond)
-art.number("NNMinDistance", float(dist[:, 0].min()), "{:.2f}", dataset=tu.data.label)
+art.number("NNMinDistance", float(dist[:, 0].min()), "{:.3f}", dataset=tu.data.label)
 
 # %% [markdown]
 # ## 4. Bits/dim: fixed-large against fixed-small, and the two conventions for L_0
