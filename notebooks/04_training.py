@@ -250,7 +250,8 @@ rows += [["参数量（百万）", *(f"{(t.summary['params'] if t else trained_m
          ["训练用时（分钟）", *("—" if t is None else f"{t.summary['elapsed_s'] / 60:.0f}" for _, _, _, t in columns)],
          ["最终损失", *("—" if t is None else f"{final_loss(t):.4f}" for _, _, _, t in columns)]]
 art.save_table("training_summary", report.booktabs_tabular(["设置", *(h for h, _, _, _ in columns)], rows,
-                                                           align="l" + "r" * len(columns), escape=False))
+                                                           align="l" + "r" * len(columns), escape=False),
+               dataset=" / ".join(dict.fromkeys(data_zh.values())), config={w: prov[w]["config"] for w in models})
 
 art.number("ProfileName", profile)
 art.number("DeviceName", report.device_name())
