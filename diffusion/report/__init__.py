@@ -4,6 +4,7 @@
 - :mod:`~diffusion.report.labels`: Chinese display names of datasets and samplers;
 - :mod:`~diffusion.report.smoothing`: the centred smoother of noisy curves (the training loss);
 - :mod:`~diffusion.report.latex`: LaTeX escaping and booktabs tabulars;
+- :mod:`~diffusion.report.trained_models`: the settings of trained models beside their designs (a table's rows);
 - :mod:`~diffusion.report.provenance`: commit, device and torch version of an artefact;
 - :mod:`~diffusion.report.cache`: the content-keyed cache of expensive work;
 - :mod:`~diffusion.report.artefacts`: :class:`Artefacts`, the writer of figures, tables, numbers and provenance.
