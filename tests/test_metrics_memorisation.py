@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion.metrics.memorisation import memorisation_check, wilson_interval
+from diffusion.metrics.intervals import wilson_interval
+from diffusion.metrics.memorisation import memorisation_check
 from diffusion.metrics.neighbours import nearest_neighbours
 
 

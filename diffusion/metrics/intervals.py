@@ -18,6 +18,7 @@ which is why every table prints n.
 
 from __future__ import annotations
 
+from math import sqrt
 from statistics import NormalDist
 from typing import Callable
 
@@ -27,7 +28,7 @@ from .fid import activation_statistics, frechet_distance
 from .kid import KidToReference
 
 __all__ = ["FrechetToReference", "bootstrap_ci", "diversity_ci", "format_ci", "jackknife_ci",
-           "jackknife_difference_ci", "proxy_metrics_ci"]
+           "jackknife_difference_ci", "proxy_metrics_ci", "wilson_interval"]
 
 DEFAULT_RESAMPLES = 1000
 
@@ -251,3 +252,11 @@ def format_ci(ci: dict, fmt: str | None = None, part: str = "all", scale: float 
     fmt = fmt or f"{{:.{ci_decimals(ci)}f}}"
     estimate, interval = fmt.format(ci["estimate"]), f"[{fmt.format(ci['low'])}, {fmt.format(ci['high'])}]"
     return {"all": f"{estimate} {interval}", "estimate": estimate, "interval": interval}[part]
+
+
+def wilson_interval(k: int, n: int, level: float) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion k/n at ``level`` (non-degenerate at k = 0 and k = n)."""
+    z = NormalDist().inv_cdf((1 + level) / 2)
+    p, z2 = k / n, z * z
+    centre, half = (p + z2 / (2 * n)) / (1 + z2 / n), z * sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)

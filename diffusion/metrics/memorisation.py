@@ -18,16 +18,14 @@ true rate up to about 0.4 %.
 """
 from __future__ import annotations
 
-from math import sqrt
-from statistics import NormalDist
-
 import numpy as np
 import torch
 
 from .images import to_uint8
+from .intervals import wilson_interval
 from .neighbours import nearest_neighbours
 
-__all__ = ["memorisation_check", "wilson_interval"]
+__all__ = ["memorisation_check"]
 
 
 def _two_sample_bootstrap(a: np.ndarray, b: np.ndarray, statistic, num_resamples: int, level: float,
@@ -38,14 +36,6 @@ def _two_sample_bootstrap(a: np.ndarray, b: np.ndarray, statistic, num_resamples
     low, high = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
     return {"estimate": float(statistic(a, b)), "low": float(low), "high": float(high), "level": float(level),
             "num_resamples": int(num_resamples), "n": int(len(a))}
-
-
-def wilson_interval(k: int, n: int, level: float) -> tuple[float, float]:
-    """The Wilson score interval of a binomial proportion k/n at ``level`` (non-degenerate at k = 0 and k = n)."""
-    z = NormalDist().inv_cdf((1 + level) / 2)
-    p, z2 = k / n, z * z
-    centre, half = (p + z2 / (2 * n)) / (1 + z2 / n), z * sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def memorisation_check(samples, train_images, heldout_images, *, percentile: float = 1.0, level: float = 0.95,
