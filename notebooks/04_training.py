@@ -115,19 +115,23 @@ art.save_figure(fig, "loss_curve", dataset=" / ".join(dict.fromkeys(data_zh.valu
 # conditional rows cycle through the classes.
 
 # %%
-stages = [(w, step, imgs) for w, tm in models.items() for step, imgs in tm.stage_samples()]
+stages = {w: rows for w, rows in ((w, tm.stage_samples()) for w, tm in models.items()) if rows}
 if stages:
-    ncol = min(stage_samples, min(len(imgs) for _, _, imgs in stages))
-    samplers_zh = {w: report.sampler_name_zh(tm.stage_sampler) for w, tm in models.items()}
+    ncol = min(stage_samples, min(len(imgs) for rows in stages.values() for _, imgs in rows))
+    samplers_zh = {w: report.sampler_name_zh(models[w].stage_sampler) for w in stages}
     one_sampler = len(set(samplers_zh.values())) == 1  # else each row names its model's stage sampler
     labels_in = 1.6 if one_sampler else 2.4  # inches for the row labels
     cell = min(0.34, (report.FULL_WIDTH_IN - labels_in) / ncol)  # inches per image
-    fig, ax = plt.subplots(figsize=(cell * ncol + labels_in, cell * len(stages) + 0.4))
-    report.show_images(ax, np.concatenate([imgs[:ncol] for _, _, imgs in stages]), nrow=ncol,
-                       row_labels=[f"{label[w]}，第 {step:,} 步" + ("" if one_sampler else f"（{samplers_zh[w]}）")
-                                   for w, step, _ in stages])
-    ax.set_title("训练过程中的 EMA 样本" + (f"（{samplers_zh['cond']}）" if one_sampler else ""))
-    art.save_figure(fig, "training_stages", dataset=" / ".join(dict.fromkeys(data_zh.values())))
+    # one panel per model: the two models' images differ in size (32x32 CIFAR-10, 64x64 CelebA)
+    heights = [len(rows) for rows in stages.values()]
+    fig, axes = plt.subplots(len(stages), 1, squeeze=False, gridspec_kw={"height_ratios": heights},
+                             figsize=(cell * ncol + labels_in, cell * sum(heights) + 0.4 + 0.1 * len(stages)))
+    for ax, (w, rows) in zip(axes[:, 0], stages.items()):
+        report.show_images(ax, np.concatenate([imgs[:ncol] for _, imgs in rows]), nrow=ncol,
+                           row_labels=[f"{label[w]}，第 {step:,} 步" + ("" if one_sampler else f"（{samplers_zh[w]}）")
+                                       for step, _ in rows])
+    axes[0, 0].set_title("训练过程中的 EMA 样本" + (f"（{next(iter(samplers_zh.values()))}）" if one_sampler else ""))
+    art.save_figure(fig, "training_stages", dataset=" / ".join(dict.fromkeys(data_zh[w] for w in stages)))
 else:
     print("no stage samples: the configs set no train.sample_every")
 
