@@ -77,7 +77,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from diffusion import experiments, report
+from diffusion import experiments, report, timing
 from diffusion.gaussian_diffusion import GaussianDiffusion
 from diffusion.likelihood import bpd_for_variances
 from diffusion.metrics.intervals import (FrechetToReference, bootstrap_ci, format_ci, jackknife_difference_ci,
@@ -134,7 +134,9 @@ def difference(a: dict, b: dict, metric: str = "cfd") -> dict:
 # for FD and KID, percentile bootstrap for the accuracy) (`diffusion.metrics.intervals`); KID
 # (`diffusion.metrics.kid`) is unbiased in n. DDIM and DPM-Solver++ run only up to `quality_max_steps` steps
 # (their 1000-step cost would buy little: both follow the same deterministic trajectory ever more exactly).
-# The time per image is the wall time of generating the set divided by its size, on this profile's device.
+# The time per image is S network calls times the time of one call per image, measured here apart from the
+# samples (`diffusion.timing.seconds_per_call`: best of three timed 10-step runs on a batch of 128 after a
+# warm-up): a cached sampling run's wall time holds the network's compilation and whatever else the machine ran.
 
 # %%
 steps_list = sorted({min(int(s), T) for s in step_counts}, reverse=True)
@@ -149,12 +151,17 @@ for smp in SAMPLER_TITLES:
             continue
         n = n_steps if S <= quality_max_steps else n_long
         out = experiments.generate(art, tm, n, sampler=smp, steps=S, y=y_steps[:n], seed=seed, tag="steps")
-        res[smp, S] = dict(images=out["images"], spi=out["seconds_per_image"], **scored(out["images"], y_steps[:n]))
+        res[smp, S] = dict(images=out["images"], **scored(out["images"], y_steps[:n]))
         sub[smp, S] = res[smp, S] if n == n_long else dict(
-            images=out["images"][:n_long], spi=out["seconds_per_image"], **scored(out["images"][:n_long], y_steps[:n_long]))
+            images=out["images"][:n_long], **scored(out["images"][:n_long], y_steps[:n_long]))
         r = res[smp, S]
         print(f"{smp:9s} {S:5d} steps, n = {n}: classifier FD {format_ci(r['cfd'])}, KID {format_ci(r['kid'])}, "
-              f"accuracy {format_ci(r['acc'])}%, {r['spi']:.3f} s/image")
+              f"accuracy {format_ci(r['acc'])}%")
+# seconds per image: S calls times the time of one call, timed now (the samples above may come from the cache)
+call_seconds = {smp: timing.seconds_per_call(tm, smp) for smp in SAMPLER_TITLES}
+for (smp, S), r in [*res.items(), *sub.items()]:
+    r["spi"] = S * call_seconds[smp]
+print("seconds per image per network call: " + ", ".join(f"{smp} {t * 1e3:.2f} ms" for smp, t in call_seconds.items()))
 
 
 def step_row(smp: str, S: int, r: dict) -> list[str]:

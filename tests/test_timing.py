@@ -1,0 +1,75 @@
+"""diffusion.timing: the time of one network call per image, on a fake clock that the network advances (no
+wall time is measured here)."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from diffusion import timing
+from diffusion.gaussian_diffusion import create_diffusion
+
+PER_IMAGE = 1e-3   # seconds the fake network "takes" per image per call
+COMPILE = 5.0      # extra seconds of its first call
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+class FakeNet(torch.nn.Module):
+    """Predicts zero noise; every call advances the clock by PER_IMAGE per image (COMPILE more the first time)."""
+
+    def __init__(self, clock, class_cond):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.in_channels, self.image_size = 3, 4
+        self.clock, self.calls, self.labels = clock, 0, []
+        self.class_cond = class_cond
+
+    def forward(self, x, t, y=None):
+        self.clock.now += PER_IMAGE * x.shape[0] + (COMPILE if self.calls == 0 else 0.0)
+        self.calls += 1
+        self.labels.append(None if y is None else y.clone())
+        return torch.zeros_like(x)
+
+
+def fake_model(clock, class_cond=True):
+    net = FakeNet(clock, class_cond)
+    tm = SimpleNamespace(diffusion=create_diffusion("linear", 100), network=lambda use_ema=True: net, model=net,
+                         raw_model=net, cfg=SimpleNamespace(model=SimpleNamespace(class_cond=class_cond)),
+                         data=SimpleNamespace(num_classes=3), null_class=3 if class_cond else None)
+    return tm, net
+
+
+@pytest.mark.parametrize("sampler", ["ancestral", "ddim", "dpmpp2m"])
+def test_one_call_per_step_and_the_warm_up_left_out(monkeypatch, sampler):
+    clock = Clock()
+    monkeypatch.setattr(timing.time, "perf_counter", clock)
+    tm, net = fake_model(clock)
+    got = timing.seconds_per_call(tm, sampler, batch_size=8, probe_steps=5, repeats=2)
+    assert got == pytest.approx(PER_IMAGE)  # not PER_IMAGE × 8 (per batch), nor × 5 (per run), nor the compile
+    assert net.calls == (1 + 2) * 5  # warm-up and two timed runs of five steps: one call per step
+
+
+def test_conditional_models_get_labels_cycling_through_the_classes(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(timing.time, "perf_counter", clock)
+    tm, net = fake_model(clock)
+    timing.seconds_per_call(tm, "ddim", batch_size=7, probe_steps=2, repeats=1)
+    assert net.labels[0].tolist() == [0, 1, 2, 0, 1, 2, 0]
+    tm, net = fake_model(clock, class_cond=False)
+    timing.seconds_per_call(tm, "ddim", batch_size=7, probe_steps=2, repeats=1)
+    assert net.labels[0] is None
+
+
+@pytest.mark.parametrize("kwargs", [{"batch_size": 0}, {"probe_steps": 0}, {"repeats": 0}, {"probe_steps": 101},
+                                    {"batch_size": 2.5}])
+def test_bad_settings_are_refused(kwargs):
+    tm, _ = fake_model(Clock())
+    with pytest.raises(ValueError):
+        timing.seconds_per_call(tm, "ddim", **kwargs)
