@@ -90,8 +90,9 @@ def final_loss(tm):
 # %% [markdown]
 # ## The training loss (`fig:loss-curve`)
 # The raw curve is the mean L_simple over each logging interval; the smoothed one is its centred moving
-# average over about a tenth of the run (`report.centred_moving_average`), which, unlike a running
-# exponential average, does not lag behind the raw curve.
+# average (`report.centred_moving_average`) of log L_simple, drawn on the log axis: no lag, unlike a running
+# exponential average. The window spans about a tenth of the run, but each point's half-window is at most a
+# quarter of its index, so the steep fall of the first few hundred steps is not averaged into the points after it.
 
 # %%
 fig, ax = plt.subplots(figsize=(report.FULL_WIDTH_IN, 2.8))
@@ -100,8 +101,8 @@ for i, (which, tm) in enumerate(models.items()):
     raw = np.array([r["loss"] for r in tm.metrics])
     window = 2 * max(1, len(raw) // 20) + 1
     ax.plot(steps_, raw, color=f"C{i}", alpha=0.35, lw=0.8, label=f"{label[which]}，原始值")
-    ax.plot(steps_, report.centred_moving_average(raw, window), color=f"C{i}",
-            label=f"{label[which]}，中心滑动平均（{window} 个记录点）")
+    ax.plot(steps_, np.exp(report.centred_moving_average(np.log(raw), window, relative=0.25)), color=f"C{i}",
+            label=f"{label[which]}，中心滑动平均（至多 {window} 个记录点）")
 report.log_axis(ax, "y")
 ax.set_xlabel("训练步数"), ax.set_ylabel(r"$L_{\mathrm{simple}}$（每维均方误差）")
 ax.legend(ncol=2)

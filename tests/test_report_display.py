@@ -23,6 +23,24 @@ def test_centred_moving_average_has_no_lag():
     np.testing.assert_allclose(report.centred_moving_average([1, 5, 1, 5, 1], 3), [1, 7 / 3, 11 / 3, 7 / 3, 1])
 
 
+def test_relative_windows_follow_a_steep_early_fall():
+    # a training loss on a log axis: exp(-i/3) falls by e per point, then flat with noise
+    i = np.arange(120)
+    log_loss = np.maximum(-i / 3.0, -3.0) + 0.05 * np.random.default_rng(0).standard_normal(120) * (i > 12)
+    full = report.centred_moving_average(log_loss, 13)
+    capped = report.centred_moving_average(log_loss, 13, relative=0.25)
+    # at point 6 the full window (points 0..12) averages the fall into it; the capped one (5..7) does not
+    assert abs(full[6] - log_loss[6]) > 0.1 and abs(capped[6] - log_loss[6]) < 1e-9
+    h = np.minimum(6, np.minimum(np.floor(0.25 * i), 119 - i)).astype(int)
+    np.testing.assert_allclose(capped, [log_loss[k - w:k + w + 1].mean() for k, w in zip(i, h)])
+    np.testing.assert_allclose(capped[24:-6], full[24:-6])  # the tail gets the full window
+    line = 3.0 * i - 7.0
+    np.testing.assert_allclose(report.centred_moving_average(line, 9, relative=0.1), line)
+    for bad in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="relative"):
+            report.centred_moving_average(line, 9, relative=bad)
+
+
 @pytest.mark.parametrize("window", [0, 2, -3, 2.0])
 def test_centred_moving_average_rejects_bad_windows(window):
     with pytest.raises(ValueError, match="window"):
@@ -41,6 +59,24 @@ def test_grid_columns_leave_no_ragged_row():
 def test_log_tick_labels_are_maths_with_a_true_minus():
     assert _log_tick_label(1e-3) == "$10^{-3}$" and _log_tick_label(100.0) == "$10^{2}$"
     assert _log_tick_label(0.5) == "$0.5$" and _log_tick_label(0.0) == ""
+
+
+@pytest.mark.parametrize("limits, decade, intermediate", [((0.015, 1.2), "$0.1$", "$0.05$"),
+                                                          ((1e-4, 10.0), "$10^{-1}$", "")])
+def test_log_axes_write_their_labels_one_way(limits, decade, intermediate):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([1, 2], list(limits))
+    report.log_axis(ax, "y")
+    ax.set_ylim(*limits)
+    axis = ax.yaxis
+    # under two decades: plain numbers at the decades too; wider: 10^k at the decades, no intermediate labels
+    assert axis.get_major_formatter()(0.1) == decade
+    assert axis.get_minor_formatter()(0.05) == intermediate
+    plt.close(fig)
 
 
 def test_chinese_display_names():

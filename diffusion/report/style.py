@@ -76,8 +76,9 @@ def _log_tick_label(value: float, pos=None) -> str:
 
 def log_axis(ax, axis: str = "y") -> None:
     """Put ``axis`` ("x", "y" or "both") of ``ax`` on a log scale with tick labels in maths mode (see
-    :func:`_log_tick_label`); intermediate ticks (2 and 5 × 10^k) are labelled only when the axis spans
-    less than two decades."""
+    :func:`_log_tick_label`). An axis spanning less than two decades also labels its intermediate ticks (2 and
+    5 × 10^k), and then writes every label as a plain number (0.02, 0.05, 0.1, …), decades included, so that
+    one axis does not mix 10^k with decimals."""
     from matplotlib.ticker import FuncFormatter, LogLocator
 
     if axis not in ("x", "y", "both"):
@@ -85,14 +86,19 @@ def log_axis(ax, axis: str = "y") -> None:
     for name in ("x", "y") if axis == "both" else (axis,):
         getattr(ax, f"set_{name}scale")("log")
         target = getattr(ax, f"{name}axis")
-        target.set_major_formatter(FuncFormatter(_log_tick_label))
-        target.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
 
-        def minor(value, pos=None, target=target):
+        def narrow(target=target) -> bool:
             lo, hi = sorted(target.get_view_interval())
-            narrow = lo > 0 and math.log10(hi / lo) < 2
-            return _log_tick_label(value) if narrow else ""
+            return lo > 0 and math.log10(hi / lo) < 2
 
+        def major(value, pos=None, narrow=narrow):
+            return f"${value:.3g}$" if narrow() and np.isfinite(value) and value > 0 else _log_tick_label(value)
+
+        def minor(value, pos=None, narrow=narrow):
+            return major(value) if narrow() else ""
+
+        target.set_major_formatter(FuncFormatter(major))
+        target.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
         target.set_minor_formatter(FuncFormatter(minor))
 
 
