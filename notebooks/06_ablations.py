@@ -241,6 +241,13 @@ for key, name in ((("ancestral", steps_list[0]), "Full"), (("ancestral", 50), "A
     else:
         for suffix in ("", "VsHeldDiff"):
             art.number("ColourSpread" + name + suffix, "n/a (setting not in this profile)")
+# the samplers against full ancestral sampling (same noise, but the interval treats the sets as independent: wider
+# than a paired one when the pairs are positively correlated): is a sampler's colour cast larger than that of the chain it shortens?
+for key, name in ((("ancestral", 50), "AncestralFifty"), (("ddim", 50), "Ddim"), (("dpmpp2m", few), "Dpm")):
+    full_key = ("ancestral", steps_list[0])
+    art.number("ColourSpread" + name + "VsFullDiff",
+               format_ci(colour_difference(colour_sets[key], colour_sets[full_key]), "{:.3f}")
+               if key in colour and full_key in colour and key != full_key else "n/a (setting not in this profile)")
 
 ncol = min(6, n_steps)
 cell = min(0.3, (report.FULL_WIDTH_IN - 0.7) / (len(SAMPLER_TITLES) * ncol))  # inches per image; 0.7 in for labels
