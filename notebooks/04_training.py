@@ -105,7 +105,7 @@ for i, (which, tm) in enumerate(models.items()):
             label=f"{label[which]}，中心滑动平均（至多 {window} 个记录点）")
 report.log_axis(ax, "y")
 ax.set_xlabel("训练步数"), ax.set_ylabel(r"$L_{\mathrm{simple}}$（每维均方误差）")
-ax.legend(ncol=2)
+ax.legend(ncol=2, loc="upper right")  # the curves lie low there once the first steps have passed
 art.save_figure(fig, "loss_curve", dataset=" / ".join(dict.fromkeys(data_zh.values())),
                 config={w: prov[w]["config"] for w in models})
 

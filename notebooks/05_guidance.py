@@ -49,7 +49,7 @@ import torch
 from diffusion import experiments, report
 from diffusion.metrics.intervals import DEFAULT_RESAMPLES as BOOTSTRAP_RESAMPLES
 from diffusion.metrics.intervals import (FrechetToReference, bootstrap_ci, diversity_ci, format_ci,
-                                        jackknife_difference_ci, proxy_metrics_ci)
+                                        independent_difference_ci, jackknife_difference_ci, proxy_metrics_ci)
 from diffusion.metrics.classifier import classifier_features, classifier_predict
 
 torch.manual_seed(seed)
@@ -128,16 +128,18 @@ for w, word in ((0.0, "WZero"), (1.0, "WOne"), (3.0, "WThree")):  # "estimate [l
     for key, name in (("acc", "CondAcc"), ("cfd", "Cfd"), ("kid", "Kid")):
         art.number(f"{name}{word}CI", format_ci(results[w]["ci"][key]) if w in results else "n/a")
 # Differences the text reads as effects, each with its 95 % interval. Accuracy: every w uses the same labels
-# and initial noise, so the per-sample differences are paired (bootstrap); classifier FD: jackknife of each set.
+# and initial noise, so the per-sample differences are paired (bootstrap); classifier FD and diversity: jackknife
+# of each set, combined as for independent sets.
 fd_ref = FrechetToReference.from_features(ref_feats)
 for (wa, wb), word in (((1.0, 0.0), "OneZero"), ((3.0, 1.0), "ThreeOne")):
     if wa in results and wb in results:
         acc_d = bootstrap_ci(100.0 * (results[wa]["correct"].astype(float) - results[wb]["correct"]), np.mean, seed=seed)
         cfd_d = jackknife_difference_ci(results[wa]["feats"], results[wb]["feats"], fd_ref)
-        for name, d in (("AccDiff", acc_d), ("CfdDiff", cfd_d)):  # worded by the thesis (\Finding…)
+        div_d = independent_difference_ci(results[wa]["ci"]["div"], results[wb]["ci"]["div"])
+        for name, d in (("AccDiff", acc_d), ("CfdDiff", cfd_d), ("DivDiff", div_d)):  # worded by the thesis (\Finding…)
             art.number(f"{name}{word}", format_ci(d))
     else:
-        for name in ("AccDiff", "CfdDiff"):
+        for name in ("AccDiff", "CfdDiff", "DivDiff"):
             art.number(f"{name}{word}", f"n/a (w = {wa:g} or {wb:g} not in this profile's sweep)")
 best = min(guidance_scales, key=lambda w: results[w]["cfd"])
 art.number("BestGuidanceScale", best, "{:g}")

@@ -472,7 +472,10 @@ def provenance_tex(records: dict[str, dict], figs: list[str], tabs: list[str]) -
     out.append("每项图表的完整配置（模型、采样器、步数、样本数）记录在仓库的 "
                "\\texttt{figures/\\ProfileName/provenance.json} 中。\\par\\medskip")
     cols = ["图表", "生成它的实验脚本", "数据集"] + [title for title, _, _ in varying] + ["生成时间（UTC）"]
-    out += [r"{\small\centering", r"\begin{tabular}{" + "l" * len(cols) + "}", r"\toprule",
+    # the dataset column wraps: two datasets side by side ("CelebA（6k 子集） / CIFAR-10（JPEG q75 有损副本）") would
+    # push the table past the text width
+    spec = "ll" + r">{\raggedright\arraybackslash}p{5.2cm}" + "l" * (len(cols) - 3)
+    out += [r"{\small\centering", r"\begin{tabular}{" + spec + "}", r"\toprule",
             " & ".join(cols) + r" \\", r"\midrule"]
     for kind, name, rec in used:
         ref = f"{kind}~\\ref{{prof:{'fig' if kind == '图' else 'tab'}:{name}}}"

@@ -28,7 +28,7 @@ from .fid import activation_statistics, frechet_distance
 from .kid import KidToReference
 
 __all__ = ["FrechetToReference", "bootstrap_ci", "diversity_ci", "format_ci", "jackknife_ci",
-           "jackknife_difference_ci", "proxy_metrics_ci", "wilson_interval"]
+           "independent_difference_ci", "jackknife_difference_ci", "proxy_metrics_ci", "wilson_interval"]
 
 DEFAULT_RESAMPLES = 1000
 
@@ -103,10 +103,24 @@ def jackknife_difference_ci(values_a, values_b, statistic: Callable[[np.ndarray]
     """
     a = jackknife_ci(values_a, statistic, level=level)
     b = jackknife_ci(values_b, statistic if statistic_b is None else statistic_b, level=level)
+    return independent_difference_ci(a, b)
+
+
+def independent_difference_ci(a: dict, b: dict) -> dict:
+    """Interval of a − b from the jackknife intervals of two *independent* sets (:func:`jackknife_ci`,
+    :func:`diversity_ci`, at one level): the difference ± z·√(se_a² + se_b²); significant at that level when the
+    interval excludes 0 (``"excludes_zero"``).
+
+    Returns ``{"estimate", "low", "high", "se", "level", "n_a", "n_b", "excludes_zero", "method"}``.
+    """
+    if "se" not in a or "se" not in b:
+        raise ValueError("independent_difference_ci needs intervals with a standard error ('se'): jackknife ones")
+    if a["level"] != b["level"]:
+        raise ValueError(f"the two intervals have different levels: {a['level']} and {b['level']}")
     estimate, se = a["estimate"] - b["estimate"], float(np.hypot(a["se"], b["se"]))
-    z = NormalDist().inv_cdf((1 + float(level)) / 2)
+    z = NormalDist().inv_cdf((1 + float(a["level"])) / 2)
     low, high = estimate - z * se, estimate + z * se
-    return {"estimate": estimate, "low": low, "high": high, "se": se, "level": float(level), "n_a": a["n"],
+    return {"estimate": estimate, "low": low, "high": high, "se": se, "level": float(a["level"]), "n_a": a["n"],
             "n_b": b["n"], "excludes_zero": bool(low > 0 or high < 0), "method": "jackknife"}
 
 
