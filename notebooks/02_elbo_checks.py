@@ -189,7 +189,7 @@ lim = [analytic.min() * 0.8, analytic.max() * 1.2]
 ax.plot(lim, lim, "k--", lw=0.8, label="$y=x$")
 report.log_axis(ax, "both")
 ax.set_xlabel("闭式 KL（nats）"), ax.set_ylabel("蒙特卡洛 KL（nats）")
-ax.set_title(f"各项 $L_{{t-1}}$：最大相对误差 {rel.max():.1e}")
+ax.set_title(f"各项 $L_{{t-1}}$：最大相对误差 {report.latex_sci(float(rel.max()))}")
 ax.legend(loc="upper left")
 art.save_figure(fig, "kl_montecarlo")
 

@@ -236,8 +236,7 @@ env_rows = [["计算设备", report.device_name()], ["PyTorch 使用的 CPU 线�
             ["操作系统", f"{platform.system()} {platform.release()}"],
             ["Python", platform.python_version()], ["PyTorch", torch.__version__],
             ["CUDA（PyTorch 构建版本）", str(torch.version.cuda or "无")], ["NumPy", np.__version__],
-            ["混合精度", "bf16 自动混合精度" if torch.cuda.is_available() else "无（CPU，float32）"],
-            ["实验配置", profile]]
+            ["混合精度", "bf16 自动混合精度" if torch.cuda.is_available() else "无（CPU，float32）"]]
 art.save_table("environment", report.booktabs_tabular(["项目", "取值"], env_rows, align="ll"))
 
 # The trained models beside their designs (the configuration files before the profile's overrides):

@@ -605,4 +605,5 @@ mrows += [[f"分类器 FD（{setting}）", e(format_ci(summary["cfd"]))],
           ["无条件模型 KID（同上）", e(format_ci(uq["samples"]["kid"]))],
           [f"负对数似然上界，fixed-large（bits/dim，$n={len(x_test)}$）",
            e(format_ci(bres["fixed_large"]["ci"], "{:.3f}")) if bres["fixed_large"]["ci"] else f"{bres['fixed_large']['total']:.3f}"]]
-art.save_table("metrics_summary", report.booktabs_tabular(["指标", "取值"], mrows, align="ll", escape=False))
+art.save_table("metrics_summary", report.booktabs_tabular(["指标", "取值"], mrows, align="ll", escape=False),
+               dataset=" / ".join(dict.fromkeys([art.dataset, data_u])))  # rows of both models
