@@ -135,8 +135,10 @@ def difference(a: dict, b: dict, metric: str = "cfd") -> dict:
 # (`diffusion.metrics.kid`) is unbiased in n. DDIM and DPM-Solver++ run only up to `quality_max_steps` steps
 # (their 1000-step cost would buy little: both follow the same deterministic trajectory ever more exactly).
 # The time per image is S network calls times the time of one call per image, measured here apart from the
-# samples (`diffusion.timing.seconds_per_call`: best of three timed 10-step runs on a batch of 128 after a
-# warm-up): a cached sampling run's wall time holds the network's compilation and whatever else the machine ran.
+# samples (`diffusion.timing.seconds_per_call`: after a warm-up, three rounds that each time a 10-step run of
+# every sampler on a batch of 128, interleaved so that the machine's drifting speed falls on all samplers alike;
+# each sampler's best run): a cached sampling run's wall time holds the network's compilation and whatever else
+# the machine ran.
 
 # %%
 steps_list = sorted({min(int(s), T) for s in step_counts}, reverse=True)
@@ -158,7 +160,7 @@ for smp in SAMPLER_TITLES:
         print(f"{smp:9s} {S:5d} steps, n = {n}: classifier FD {format_ci(r['cfd'])}, KID {format_ci(r['kid'])}, "
               f"accuracy {format_ci(r['acc'])}%")
 # seconds per image: S calls times the time of one call, timed now (the samples above may come from the cache)
-call_seconds = {smp: timing.seconds_per_call(tm, smp) for smp in SAMPLER_TITLES}
+call_seconds = timing.seconds_per_call(tm, list(SAMPLER_TITLES))
 for (smp, S), r in [*res.items(), *sub.items()]:
     r["spi"] = S * call_seconds[smp]
 print("seconds per image per network call: " + ", ".join(f"{smp} {t * 1e3:.2f} ms" for smp, t in call_seconds.items()))

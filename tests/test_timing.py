@@ -51,8 +51,8 @@ def test_one_call_per_step_and_the_warm_up_left_out(monkeypatch, sampler):
     clock = Clock()
     monkeypatch.setattr(timing.time, "perf_counter", clock)
     tm, net = fake_model(clock)
-    got = timing.seconds_per_call(tm, sampler, batch_size=8, probe_steps=5, repeats=2)
-    assert got == pytest.approx(PER_IMAGE)  # not PER_IMAGE × 8 (per batch), nor × 5 (per run), nor the compile
+    got = timing.seconds_per_call(tm, [sampler], batch_size=8, probe_steps=5, rounds=2)
+    assert got == {sampler: pytest.approx(PER_IMAGE)}  # not × 8 (per batch), nor × 5 (per run), nor the compile
     assert net.calls == (1 + 2) * 5  # warm-up and two timed runs of five steps: one call per step
 
 
@@ -60,16 +60,60 @@ def test_conditional_models_get_labels_cycling_through_the_classes(monkeypatch):
     clock = Clock()
     monkeypatch.setattr(timing.time, "perf_counter", clock)
     tm, net = fake_model(clock)
-    timing.seconds_per_call(tm, "ddim", batch_size=7, probe_steps=2, repeats=1)
+    timing.seconds_per_call(tm, "ddim", batch_size=7, probe_steps=2, rounds=1)
     assert net.labels[0].tolist() == [0, 1, 2, 0, 1, 2, 0]
     tm, net = fake_model(clock, class_cond=False)
-    timing.seconds_per_call(tm, "ddim", batch_size=7, probe_steps=2, repeats=1)
+    timing.seconds_per_call(tm, "ddim", batch_size=7, probe_steps=2, rounds=1)
     assert net.labels[0] is None
 
 
-@pytest.mark.parametrize("kwargs", [{"batch_size": 0}, {"probe_steps": 0}, {"repeats": 0}, {"probe_steps": 101},
+def test_rounds_interleave_the_samplers_so_a_slow_spell_falls_on_all(monkeypatch):
+    """The machine runs at half speed through the warm-ups and the first round: timed one after the other, the first
+    sampler's runs would all fall in the slow spell; interleaved, every sampler has a run outside it and all three,
+    which cost the same per call, get the same time."""
+    clock = Clock()
+    monkeypatch.setattr(timing.time, "perf_counter", clock)
+    tm, net = fake_model(clock)
+    samplers = ["ancestral", "ddim", "dpmpp2m"]
+    slow_calls = 2 * len(samplers) * 4  # warm-ups and round one, four steps each
+    forward = FakeNet.forward
+
+    def drifting(self, x, t, y=None):
+        before = self.clock.now
+        out = forward(self, x, t, y)
+        if self.calls <= slow_calls:
+            self.clock.now += self.clock.now - before  # twice as long
+        return out
+
+    monkeypatch.setattr(FakeNet, "forward", drifting)
+    got = timing.seconds_per_call(tm, samplers, batch_size=4, probe_steps=4, rounds=3)
+    assert got == {s: pytest.approx(PER_IMAGE) for s in samplers}
+    assert net.calls == (1 + 3) * len(samplers) * 4
+
+
+def test_rounds_rotate_the_order_of_the_samplers(monkeypatch):
+    order = []
+    monkeypatch.setattr(timing.time, "perf_counter", Clock())
+    tm, _ = fake_model(Clock())
+    import diffusion.samplers as samplers_module
+
+    def record(diffusion, model, shape, *, sampler, **kwargs):
+        order.append(sampler)
+    monkeypatch.setattr(samplers_module, "sample", record)
+    timing.seconds_per_call(tm, ["a", "b", "c"], batch_size=2, probe_steps=1, rounds=3)
+    assert order == ["a", "b", "c"] + ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # warm-ups, then three rounds
+
+
+@pytest.mark.parametrize("kwargs", [{"batch_size": 0}, {"probe_steps": 0}, {"rounds": 0}, {"probe_steps": 101},
                                     {"batch_size": 2.5}])
 def test_bad_settings_are_refused(kwargs):
     tm, _ = fake_model(Clock())
     with pytest.raises(ValueError):
         timing.seconds_per_call(tm, "ddim", **kwargs)
+
+
+@pytest.mark.parametrize("samplers", [[], ["ddim", "ddim"], [3]])
+def test_bad_sampler_lists_are_refused(samplers):
+    tm, _ = fake_model(Clock())
+    with pytest.raises(ValueError, match="samplers must be distinct sampler names"):
+        timing.seconds_per_call(tm, samplers)
