@@ -71,8 +71,9 @@ figures: $(STAMP)
 # Regenerates figures/quick in a clone of HEAD with an empty cache (about 20 minutes on 2 cores, reusing
 # this checkout's $(VENV)) and compares every number of numbers.tex with the committed one, statistically
 # (THREADS=n: another torch thread count, a rehearsal of another CPU; TRAIN_SEED=n RECORD=1: retrain with another
-# seed and keep its numbers in figures/<profile>/seeds/ for the thesis's findings; USE_WEIGHTS=1: that seed's models
-# from weights/<profile>/, trained beforehand by tools/train_profile.py --train-seed n).
+# seed and keep its numbers in figures/<profile>/seeds/ for the thesis's findings; USE_WEIGHTS=1: the models from
+# weights/<profile>/ instead of retraining, the profile's own or, with TRAIN_SEED=n, those trained beforehand by
+# tools/train_profile.py --train-seed n; THREADS=1 USE_WEIGHTS=1 PROFILE=cpu checks the sampling and evaluation).
 reproduce-check: $(STAMP)
 	$(PYTHON) tools/reproduce_check.py --venv $(VENV) $(if $(filter command line,$(origin PROFILE)),--profile $(PROFILE),) \
 		$(if $(THREADS),--threads $(THREADS),) $(if $(SEED),--seed $(SEED),) $(if $(TRAIN_SEED),--train-seed $(TRAIN_SEED),) \

@@ -224,6 +224,8 @@ def test_failing_make_is_exit_2(tmp_path, capsys):
     (["--seed", "3"], 'test -z "$$DDPM_RETRAIN" && test "$$DDPM_SEED" = 3'),  # the committed models, new draws
     (["--seed", "3", "--train-seed", "4"], 'test "$$DDPM_RETRAIN" = 1 && test "$$DDPM_TRAIN_SEED" = 4'),
     (["--train-seed", "4", "--use-weights"], 'test -z "$$DDPM_RETRAIN" && test "$$DDPM_TRAIN_SEED" = 4'),
+    # the profile's own committed models, every sample redrawn with another thread count
+    (["--threads", "1", "--use-weights"], 'test -z "$$DDPM_RETRAIN$$DDPM_TRAIN_SEED" && test "$$DDPM_THREADS" = 1'),
 ])
 def test_reproduction_modes_reach_make_figures(tmp_path, capsys, flags, env_check):
     repo = _fake_repo(tmp_path, "0.0412")
@@ -245,9 +247,8 @@ def test_a_second_training_seed_is_recorded_for_the_thesis(tmp_path, capsys):
     venv = Path(sys.prefix)
     if not (venv / ".setup-stamp").is_file():
         pytest.skip("needs the set-up project virtual environment")
-    for lone in ("--record", "--use-weights"):  # both are about another training seed
-        with pytest.raises(SystemExit):
-            rc.main(["--root", str(repo), "--venv", str(venv), lone])
+    with pytest.raises(SystemExit):  # a record is of another training seed
+        rc.main(["--root", str(repo), "--venv", str(venv), "--record"])
     assert rc.main(["--root", str(repo), "--venv", str(venv), "--train-seed", "1", "--record"]) == 0
     seeds = repo / "figures" / "quick" / "seeds"
     assert (seeds / "train-seed-1.tex").read_text() == (repo / "produced.tex").read_text()

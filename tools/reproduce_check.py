@@ -33,7 +33,9 @@ numbers as ``figures/<profile>/seeds/train-seed-N.tex`` and the table as ``train
 committed: the thesis then states as findings only the differences that held in both trainings
 (``tools/build_thesis.py``, ``\\Finding…``). Where retraining the profile takes longer than one sitting, its models
 of seed N are trained and committed beforehand (``tools/train_profile.py --train-seed N``, resumable) and
-``--use-weights`` regenerates from them. A mismatch, a missing or an extra number prints a table and exits
+``--use-weights`` regenerates from them; ``--use-weights`` alone takes the profile's own committed models, so that
+``--threads N --use-weights`` checks everything after the training (every sample redrawn, every number recomputed)
+in the time the sampling takes rather than the training's. A mismatch, a missing or an extra number prints a table and exits
 with status 1; a failing run exits 2.
 """
 
@@ -282,17 +284,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="another seed of every sampling and evaluation draw, with the committed trained models")
     ap.add_argument("--train-seed", type=int, default=None, help="retrain the models with this train.seed too")
     ap.add_argument("--use-weights", action="store_true",
-                    help="with --train-seed N: take the models of that seed from the committed weights/<profile>/ "
-                         "(trained by tools/train_profile.py --train-seed N, possibly over several sessions) "
-                         "instead of retraining them")
+                    help="take the models from the committed weights/<profile>/ instead of retraining them: the "
+                         "profile's own (then the check covers the sampling and evaluation, from an empty sample "
+                         "cache), or with --train-seed N those of that seed (trained by tools/train_profile.py "
+                         "--train-seed N, possibly over several sessions)")
     ap.add_argument("--record", action="store_true",
                     help="with --train-seed N: keep the numbers and the table in figures/<profile>/seeds/")
     ap.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.record and args.train_seed is None:
         ap.error("--record keeps a regeneration with another training seed: give --train-seed N")
-    if args.use_weights and args.train_seed is None:
-        ap.error("--use-weights takes the committed models of another training seed: give --train-seed N")
 
     if args.compare:
         for path in args.compare:
