@@ -238,6 +238,7 @@ def test_reproduction_modes_reach_make_figures(tmp_path, capsys, flags, env_chec
     assert rc.main(["--root", str(repo), "--venv", str(venv), *flags]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert ("sampling seed 3" in first) == ("--seed" in flags) and ("1 torch thread" in first) == ("--threads" in flags)
+    assert ("committed models" in first) == ("--use-weights" in flags)  # the title says the models were not retrained
 
 
 def test_a_second_training_seed_is_recorded_for_the_thesis(tmp_path, capsys):

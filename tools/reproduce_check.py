@@ -35,8 +35,8 @@ committed: the thesis then states as findings only the differences that held in 
 of seed N are trained and committed beforehand (``tools/train_profile.py --train-seed N``, resumable) and
 ``--use-weights`` regenerates from them; ``--use-weights`` alone takes the profile's own committed models, so that
 ``--threads N --use-weights`` checks everything after the training (every sample redrawn, every number recomputed)
-in the time the sampling takes rather than the training's. A mismatch, a missing or an extra number prints a table and exits
-with status 1; a failing run exits 2.
+in the time the sampling takes rather than the training's. A mismatch, a missing or an extra number prints a table
+and exits with status 1; a failing run exits 2.
 """
 
 from __future__ import annotations
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     how = [f"{args.threads} torch thread(s)"] if args.threads else []
     how += [f"sampling seed {args.seed}"] if args.seed is not None else []
     how += [f"training seed {args.train_seed}" + (" (committed models of that seed)" if args.use_weights else "")] \
-        if args.train_seed is not None else []
+        if args.train_seed is not None else ["the committed models"] if args.use_weights else []
     title = (f"figures/{args.profile}/numbers.tex of commit {head[:10]} against a regeneration from an empty cache"
              + (f" with {', '.join(how)}" if how else "") + ":")
     print(title)
