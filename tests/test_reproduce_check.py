@@ -256,3 +256,32 @@ def test_a_second_training_seed_is_recorded_for_the_thesis(tmp_path, capsys):
     table = (seeds / "train-seed-1.txt").read_text()
     assert "training seed 1" in table.splitlines()[0] and "reproduced statistically" in table
     assert "{9.9}" not in table and "9.9" in table  # every row, the identical ones too
+
+
+def test_an_interrupted_check_resumes_in_its_work_folder(tmp_path, capsys):
+    """--work keeps the clone and its cache: the first run is interrupted after it has rewritten numbers.tex,
+    the second resumes from its cache and still compares against the committed file; another commit is refused."""
+    repo = _fake_repo(tmp_path, "0.0499")
+    (repo / "Makefile").write_text(textwrap.dedent("""\
+        .PHONY: figures
+        figures:
+        \tcp produced.tex figures/$(PROFILE)/numbers.tex
+        \tif test -e "$$DDPM_CACHE_DIR/stage-1"; then touch "$$DDPM_CACHE_DIR/stage-2"; \\
+        \telse mkdir -p "$$DDPM_CACHE_DIR" && touch "$$DDPM_CACHE_DIR/stage-1" && exit 9; fi
+        """))
+    _git(repo, "commit", "-q", "-am", "an interruptible make")
+    venv = Path(sys.prefix)
+    if not (venv / ".setup-stamp").is_file():
+        pytest.skip("needs the set-up project virtual environment")
+    work = tmp_path / "kept"
+    assert rc.main(["--root", str(repo), "--venv", str(venv), "--work", str(work)]) == 2  # interrupted
+    assert (work / "cache" / "stage-1").is_file() and not (work / "cache" / "stage-2").exists()
+    capsys.readouterr()
+    assert rc.main(["--root", str(repo), "--venv", str(venv), "--work", str(work)]) == 1  # resumed, and the loss 0.0412 -> 0.0499 is caught
+    captured = capsys.readouterr()
+    assert "resuming" in captured.err and (work / "cache" / "stage-2").is_file()
+    assert "0.0412" in captured.out  # compared with the committed file, not the one the first run rewrote
+    _git(repo, "commit", "-q", "--allow-empty", "-m", "another commit")
+    assert rc.main(["--root", str(repo), "--venv", str(venv), "--work", str(work)]) == 2
+    assert "not HEAD" in capsys.readouterr().err
+    assert (work / "repo").is_dir()  # never deleted

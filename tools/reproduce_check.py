@@ -1,6 +1,7 @@
 """Regenerate a profile's figures from a clean clone of HEAD and compare its numbers with the committed ones.
 
     python tools/reproduce_check.py [--profile quick] [--threads N] [--seed N] [--train-seed N] [--exact] [--keep]
+                                    [--work DIR]
     python tools/reproduce_check.py --compare COMMITTED.tex PRODUCED.tex [--exact]       # the comparison only
 
 The check clones this repository's HEAD into a temporary folder, runs ``make figures PROFILE=<profile>``
@@ -35,7 +36,8 @@ committed: the thesis then states as findings only the differences that held in 
 of seed N are trained and committed beforehand (``tools/train_profile.py --train-seed N``, resumable) and
 ``--use-weights`` regenerates from them; ``--use-weights`` alone takes the profile's own committed models, so that
 ``--threads N --use-weights`` checks everything after the training (every sample redrawn, every number recomputed)
-in the time the sampling takes rather than the training's. A mismatch, a missing or an extra number prints a table
+in the time the sampling takes rather than the training's. ``--work DIR`` keeps the clone and its cache in DIR; run
+again with the same DIR at the same commit, an interrupted check resumes from what its cache holds. A mismatch, a missing or an extra number prints a table
 and exits with status 1; a failing run exits 2.
 """
 
@@ -241,12 +243,22 @@ def regenerate(root: Path, profile: str, venv: Path, work: Path, threads: int | 
     numbers.tex, produced numbers.tex). ``RuntimeError`` on failure."""
     head = _run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
     clone = work / "repo"
-    _run(["git", "clone", "--quiet", "--no-hardlinks", str(root), str(clone)], check=True)
-    _run(["git", "-C", str(clone), "checkout", "--quiet", "--detach", head], check=True)
+    if clone.exists():  # a run resumed in a kept folder: its cache is reused, so it must be the same commit
+        theirs = _run(["git", "-C", str(clone), "rev-parse", "HEAD"], capture_output=True, text=True)
+        if theirs.returncode != 0 or theirs.stdout.strip() != head:
+            raise RuntimeError(f"{clone} holds commit {theirs.stdout.strip()[:10] or '(none)'}, not HEAD {head[:10]}: "
+                               f"a resumed check must regenerate the same commit; remove {work} or give another "
+                               f"--work folder")
+        print(f"resuming the regeneration in {work} (its cache is reused)", file=sys.stderr)
+    else:
+        _run(["git", "clone", "--quiet", "--no-hardlinks", str(root), str(clone)], check=True)
+        _run(["git", "-C", str(clone), "checkout", "--quiet", "--detach", head], check=True)
     numbers = clone / "figures" / profile / "numbers.tex"
-    if not numbers.is_file():
+    shown = _run(["git", "-C", str(clone), "show", f"{head}:figures/{profile}/numbers.tex"],
+                 capture_output=True, text=True)  # the committed file, even where a resumed run rewrote it
+    if shown.returncode != 0:
         raise RuntimeError(f"commit {head} has no figures/{profile}/numbers.tex to compare with")
-    committed = numbers.read_text(encoding="utf-8")
+    committed = shown.stdout
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}  # a fresh make
     # DDPM_RETRAIN: committed weights (weights/<profile>/) would skip the training being reproduced
     env.update(DDPM_CACHE_DIR=str(work / "cache"), DDPM_CACHE=str(work / "cache-data"), PYTHONPATH=str(clone))
@@ -275,6 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default="quick", help="profile to regenerate (default quick)")
     ap.add_argument("--venv", type=Path, default=ROOT / ".venv", help="virtual environment to reuse (default .venv)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary clone and cache")
+    ap.add_argument("--work", type=Path, default=None,
+                    help="folder of the clone and its cache instead of a temporary one, kept afterwards; a check "
+                         "interrupted there resumes from its cache when run again with the same folder at the same "
+                         "commit (a long profile's check can span sittings)")
     ap.add_argument("--compare", nargs=2, type=Path, metavar=("COMMITTED", "PRODUCED"),
                     help="only compare two numbers.tex files")
     ap.add_argument("--exact", action="store_true", help="require identical strings (same CPU model and threads)")
@@ -308,7 +324,13 @@ def main(argv: list[str] | None = None) -> int:
     venv = args.venv if args.venv.is_absolute() else (Path.cwd() / args.venv)
     if not (venv / ".setup-stamp").is_file() or not (venv / "bin" / "python").is_file():
         ap.error(f"--venv: {venv} is not a set-up virtual environment (run make setup)")
-    work = Path(tempfile.mkdtemp(prefix="ddpm-reproduce-"))
+    if args.work is not None:
+        work = args.work.resolve()
+        if work.exists() and not work.is_dir():
+            ap.error(f"--work: {work} exists and is not a folder")
+        work.mkdir(parents=True, exist_ok=True)
+    else:
+        work = Path(tempfile.mkdtemp(prefix="ddpm-reproduce-"))
     try:
         head, committed, produced = regenerate(args.root.resolve(), args.profile, venv, work, args.threads,
                                                args.seed, args.train_seed, args.use_weights)
@@ -316,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reproduce-check: error: {err}", file=sys.stderr)
         return 2
     finally:
-        if args.keep:
+        if args.keep or args.work is not None:
             print(f"kept {work}", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
