@@ -176,6 +176,33 @@ def test_findings_hold_in_every_training_seed(tmp_path, main, other, expected):
     assert any("seedvalue@CondAccWThree\\endcsname{91.0}" in line for line in lines) == (other is not None)
 
 
+@pytest.mark.parametrize("main, other, shift", [
+    ("0.3720 [0.3266, 0.4174]", "0.4011 [0.3550, 0.4470]", "+0.0291"),  # the main value's decimals
+    ("48.40 [44.20, 52.60]", "45.2 [41.0, 49.4]", "−3.20"),             # other − main, typographic minus
+    ("−0.289 [−0.457, −0.121]", "-0.300 [-0.5, -0.1]", "−0.011"),
+    ("1,440", "1,452", "+12"),
+    ("3.52", "3.52", "0.00"),
+    ("n/a（只有一个训练阶段）", "0.1 [0.0, 0.2]", None),
+])
+def test_seed_shift_is_other_minus_main(main, other, shift):
+    assert build_thesis.seed_shift(main, other) == shift
+
+
+def test_seed_table_macros_count_the_differences_that_kept_their_side():
+    """\\SeedHeld{X} says whether a difference stayed on its side of 0 (both containing 0 counts as kept);
+    \\SeedHeldCount of \\SeedDiffCount differences did; a number that is not a difference has no verdict."""
+    main = {"AccDiffThreeOne": "28.0 [23.8, 32.2]", "StepsDpmVsFullKidDiff": "0.0467 [0.0002, 0.0932]",
+            "WidthNarrowKidDiff": "0.02 [-0.02, 0.06]", "KidWThreeCI": "0.3720 [0.3266, 0.4174]"}
+    other = {"AccDiffThreeOne": "25.0 [21.0, 29.0]", "StepsDpmVsFullKidDiff": "0.0310 [-0.0150, 0.0770]",
+             "WidthNarrowKidDiff": "-0.01 [-0.05, 0.03]", "KidWThreeCI": "0.4011 [0.3550, 0.4470]"}
+    lines = build_thesis.finding_macros(main, {1: other})
+    assert "\\newcommand{\\SeedDiffCount}{3}" in lines and "\\newcommand{\\SeedHeldCount}{2}" in lines
+    assert any("seedheld@StepsDpmVsFullKidDiff\\endcsname{否}" in line for line in lines)
+    assert any("seedheld@WidthNarrowKidDiff\\endcsname{是}" in line for line in lines)
+    assert not any("seedheld@KidWThreeCI" in line for line in lines)
+    assert any("seedshift@KidWThreeCI\\endcsname{+0.0291}" in line for line in lines)
+
+
 def test_log_check_catches_undefined_references_and_missing_glyphs(tmp_path):
     log = tmp_path / "thesis.log"
     log.write_text("LaTeX Warning: Reference `eq:x' on page 3 undefined on input line 5.\n"
@@ -187,6 +214,16 @@ def test_log_check_catches_undefined_references_and_missing_glyphs(tmp_path):
     assert any("nobody2020" in p for p in problems)
     assert any("missing glyph" in p for p in problems)
     log.write_text("Output written on thesis.pdf (40 pages).\n")
+    assert build_thesis.check_log(log, tmp_path / "none.blg") == []
+
+
+def test_log_check_catches_a_page_whose_body_runs_off_it(tmp_path):
+    """A tabular longer than the page leaves "Overfull \\vbox (...pt too high) has occurred while \\output is
+    active": its last rows are cut off, so the build fails; a fraction of a point of glue does not."""
+    log = tmp_path / "thesis.log"
+    log.write_text("[43\n\n]\nOverfull \\vbox (285.24908pt too high) has occurred while \\output is active []\n")
+    assert any("285.24908pt taller" in p for p in build_thesis.check_log(log, tmp_path / "none.blg"))
+    log.write_text("Overfull \\vbox (0.8pt too high) has occurred while \\output is active []\n")
     assert build_thesis.check_log(log, tmp_path / "none.blg") == []
 
 

@@ -361,8 +361,13 @@ def finding_macros(defined: dict[str, str], runs: dict[int, dict[str, str]]) -> 
     and to ``neither`` otherwise (an interval containing 0 in some run, runs disagreeing, a run without the
     number, or no interval at all, e.g. "n/a"); the intervals are read as ``tools/reproduce_check.py`` reads them.
     ``\SeedValue{Name}`` is the value of macro ``Name`` in the first other-seed run (``—`` when none),
-    ``\SeedRunCount`` the number of such runs, ``\SeedRunList`` their seeds, ``\IfSeedRuns{yes}{no}``."""
+    ``\SeedShift{Name}`` how far it moved from the main run (other − main, with the main value's decimals; ``—``
+    when either is not a number), ``\SeedHeld{Name}`` for a difference whether its side of 0 was the same in
+    both (是/否), ``\SeedHeldCount`` of ``\SeedDiffCount`` differences kept their side of 0 in every run,
+    ``\SeedRunCount`` the number of such runs, ``\SeedRunList`` their seeds,
+    ``\IfSeedRuns{yes}{no}``."""
     lines = []
+    side = {}
     for name, text in defined.items():
         if "Diff" not in name:
             continue
@@ -370,14 +375,36 @@ def finding_macros(defined: dict[str, str], runs: dict[int, dict[str, str]]) -> 
                  for t in [text, *(run.get(name) for run in runs.values())]}
         body = "#1" if sides == {"above"} else "#2" if sides == {"below"} else "#3"
         lines.append(f"\\newcommand{{\\Finding{name.removesuffix('Diff')}}}[3]{{{body}}}")
+        side[name] = len(sides) == 1
     first = next(iter(runs.values()), {})
     for name, text in first.items():
         lines.append(f"\\expandafter\\def\\csname seedvalue@{name}\\endcsname{{{text}}}")
-    lines.append(r"\newcommand{\SeedValue}[1]{\ifcsname seedvalue@#1\endcsname\csname seedvalue@#1\endcsname\else —\fi}")
+        shift = seed_shift(defined.get(name), text)
+        if shift is not None:
+            lines.append(f"\\expandafter\\def\\csname seedshift@{name}\\endcsname{{{shift}}}")
+        if name in side:
+            lines.append(f"\\expandafter\\def\\csname seedheld@{name}\\endcsname{{{'是' if side[name] else '否'}}}")
+    lines.append(f"\\newcommand{{\\SeedDiffCount}}{{{len(side)}}}")
+    lines.append(f"\\newcommand{{\\SeedHeldCount}}{{{sum(side.values())}}}")
+    for macro, key in (("SeedValue", "seedvalue"), ("SeedShift", "seedshift"), ("SeedHeld", "seedheld")):
+        lines.append(f"\\newcommand{{\\{macro}}}[1]{{\\ifcsname {key}@#1\\endcsname\\csname {key}@#1\\endcsname"
+                     f"\\else —\\fi}}")
     lines.append(f"\\newcommand{{\\SeedRunCount}}{{{len(runs)}}}")
     lines.append(f"\\newcommand{{\\SeedRunList}}{{{'、'.join(str(seed) for seed in runs) or '—'}}}")
     lines.append(f"\\newcommand{{\\IfSeedRuns}}[2]{{{'#1' if runs else '#2'}}}")
     return lines
+
+
+def seed_shift(main: str | None, other: str | None) -> str | None:
+    """``other − main`` of two macro values (``0.372 [0.327, 0.417]``, ``48.40``), signed, with as many decimals
+    as the main value prints (thousands commas and a trailing ``%`` allowed); None when either is not a number."""
+    values = [_REPRODUCE.parse_value(t or "")[0] for t in (main, other)]
+    if None in values:
+        return None
+    m = re.match(r"\s*[-−]?[\d,]*\.?(\d*)", (main or "").replace("[", " ["))
+    decimals = len(m.group(1)) if m else 0
+    shift = round(values[1] - values[0], decimals)
+    return f"{shift:+.{decimals}f}".replace("-", "−") if shift != 0 else f"{0:.{decimals}f}"
 
 
 def load_provenance(path: Path) -> dict[str, dict]:
@@ -474,9 +501,11 @@ def provenance_tex(records: dict[str, dict], figs: list[str], tabs: list[str]) -
     cols = ["图表", "生成它的实验脚本", "数据集"] + [title for title, _, _ in varying] + ["生成时间（UTC）"]
     # the dataset column wraps: two datasets side by side ("CelebA（6k 子集） / CIFAR-10（JPEG q75 有损副本）") would
     # push the table past the text width
-    spec = "ll" + r">{\raggedright\arraybackslash}p{5.2cm}" + "l" * (len(cols) - 3)
-    out += [r"{\small\centering", r"\begin{tabular}{" + spec + "}", r"\toprule",
-            " & ".join(cols) + r" \\", r"\midrule"]
+    spec = "ll" + r">{\raggedright\arraybackslash}p{5.9cm}" + "l" * (len(cols) - 3)
+    head = " & ".join(cols) + r" \\"
+    # a longtable: with one row per figure and table it is longer than a page, and a tabular would run off it
+    out += [r"{\small", r"\begin{longtable}{" + spec + "}", r"\toprule", head, r"\midrule", r"\endfirsthead",
+            r"\toprule", head, r"\midrule", r"\endhead", r"\bottomrule", r"\endlastfoot"]
     for kind, name, rec in used:
         ref = f"{kind}~\\ref{{prof:{'fig' if kind == '图' else 'tab'}:{name}}}"
         if rec is None:
@@ -488,7 +517,7 @@ def provenance_tex(records: dict[str, dict], figs: list[str], tabs: list[str]) -
         row += [tex_escape(_provenance_value(rec, keys)) for _, keys, _ in varying]
         row.append(tex_escape(created[:16]))
         out.append(" & ".join(row) + r" \\")
-    out += [r"\bottomrule", r"\end{tabular}\par}"]
+    out += [r"\end{longtable}\par}"]
     return "\n".join(out) + "\n"
 
 
@@ -542,8 +571,13 @@ def check_tools() -> None:
         raise BuildError(f"TeX tools not found: {', '.join(missing)}. Install them (as root) with:\n  {APT_COMMAND}")
 
 
+VBOX_TOLERANCE_PT = 5.0
+"""A page body may exceed the text area by this much (a rounding of glue) before the build fails."""
+
+
 def check_log(log_path: Path, blg_path: Path) -> list[str]:
-    """Problems that must fail the build: undefined refs/citations, missing glyphs, biber errors."""
+    """Problems that must fail the build: undefined refs/citations, missing glyphs, a page whose body runs off
+    the page, biber errors."""
     problems = []
     log = log_path.read_text(encoding="utf-8", errors="replace") if log_path.is_file() else ""
     for pattern, what in (
@@ -555,6 +589,11 @@ def check_log(log_path: Path, blg_path: Path) -> list[str]:
     ):
         for hit in sorted(set(re.findall(pattern, log))):
             problems.append(f"{what}: {hit}")
+    for height in re.findall(r"^Overfull \\vbox \(([\d.]+)pt too high\) has occurred while \\output is active",
+                             log, flags=re.M):
+        if float(height) > VBOX_TOLERANCE_PT:  # a page whose body is taller than the page: text runs off it
+            problems.append(f"a page is {height}pt taller than the text area (Overfull \\vbox while \\output is "
+                            "active): its last lines are cut off; let the material break across pages")
     if "There were undefined references" in log and not any("undefined" in p for p in problems):
         problems.append("LaTeX reports undefined references")
     if "Please (re)run Biber" in log or "Please rerun LaTeX" in log:
