@@ -203,6 +203,31 @@ def test_seed_table_macros_count_the_differences_that_kept_their_side():
     assert any("seedshift@KidWThreeCI\\endcsname{+0.0291}" in line for line in lines)
 
 
+@pytest.mark.parametrize("text, typeset", [
+    ("{-0.2724 [-0.3112, -0.2335]}", "{−0.2724 [−0.3112, −0.2335]}"),   # minus signs
+    ("$1.3\\times10^{-2}$ (x=-1)", "$1.3\\times10^{−2}$ (x=−1)"),
+    ("CIFAR-10, DDIM-50, 2026-12-06 11:25, 01-02, a--1", "CIFAR-10, DDIM-50, 2026-12-06 11:25, 01-02, a--1"),  # hyphens
+    ("\\hspace{-2pt}\\vspace{-1.5em}", "\\hspace{-2pt}\\vspace{-1.5em}"),  # dimensions stay valid TeX
+    ("% -1 in a comment\n-1\n", "% -1 in a comment\n−1\n"),
+])
+def test_minus_signs_are_typeset_as_minus_signs(text, typeset):
+    assert build_thesis.typeset_minus(text) == typeset
+
+
+def test_the_thesis_inputs_typeset_copies_of_numbers_and_tables(tmp_path):
+    fig, build = tmp_path / "cpu", tmp_path / "build"
+    (fig / "tables").mkdir(parents=True)
+    (fig / "numbers.tex").write_text("\\newcommand{\\KidDiff}{-0.27 [-0.31, -0.23]}\n")
+    (fig / "tables" / "steps.tex").write_text("DDIM-50 & -0.5 \\\\\n")
+    (build / "tables").mkdir(parents=True)
+    (build / "tables" / "stale.tex").write_text("a table no longer made\n")
+    build_thesis.typeset_inputs(fig, build)
+    assert (build / "numbers.tex").read_text() == "\\newcommand{\\KidDiff}{−0.27 [−0.31, −0.23]}\n"
+    assert (build / "tables" / "steps.tex").read_text() == "DDIM-50 & −0.5 \\\\\n"
+    assert not (build / "tables" / "stale.tex").exists()
+    assert "-0.27" in (fig / "numbers.tex").read_text()  # the figures stay as the notebooks wrote them
+
+
 def test_log_check_catches_undefined_references_and_missing_glyphs(tmp_path):
     log = tmp_path / "thesis.log"
     log.write_text("LaTeX Warning: Reference `eq:x' on page 3 undefined on input line 5.\n"
