@@ -74,7 +74,7 @@ figures: $(STAMP)
 # seed and keep its numbers in figures/<profile>/seeds/ for the thesis's findings; USE_WEIGHTS=1: the models from
 # weights/<profile>/ instead of retraining, the profile's own or, with TRAIN_SEED=n, those trained beforehand by
 # tools/train_profile.py --train-seed n; THREADS=1 USE_WEIGHTS=1 PROFILE=cpu checks the sampling and evaluation;
-# WORK=dir keeps the clone and cache there, and a rerun with the same dir resumes an interrupted check).
+# WORK=dir keeps the clone and cache there, and a rerun with the same dir resumes an interrupted check at its commit).
 reproduce-check: $(STAMP)
 	$(PYTHON) tools/reproduce_check.py --venv $(VENV) $(if $(filter command line,$(origin PROFILE)),--profile $(PROFILE),) \
 		$(if $(THREADS),--threads $(THREADS),) $(if $(SEED),--seed $(SEED),) $(if $(TRAIN_SEED),--train-seed $(TRAIN_SEED),) \

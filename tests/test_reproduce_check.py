@@ -260,7 +260,8 @@ def test_a_second_training_seed_is_recorded_for_the_thesis(tmp_path, capsys):
 
 def test_an_interrupted_check_resumes_in_its_work_folder(tmp_path, capsys):
     """--work keeps the clone and its cache: the first run is interrupted after it has rewritten numbers.tex,
-    the second resumes from its cache and still compares against the committed file; another commit is refused."""
+    the second resumes from its cache and still compares against the committed file; when HEAD has moved on, a
+    resumed check goes on with the commit it began with and says whether HEAD's numbers are still that commit's."""
     repo = _fake_repo(tmp_path, "0.0499")
     (repo / "Makefile").write_text(textwrap.dedent("""\
         .PHONY: figures
@@ -281,7 +282,14 @@ def test_an_interrupted_check_resumes_in_its_work_folder(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "resuming" in captured.err and (work / "cache" / "stage-2").is_file()
     assert "0.0412" in captured.out  # compared with the committed file, not the one the first run rewrote
-    _git(repo, "commit", "-q", "--allow-empty", "-m", "another commit")
-    assert rc.main(["--root", str(repo), "--venv", str(venv), "--work", str(work)]) == 2
-    assert "not HEAD" in capsys.readouterr().err
+    began = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout[:10]
+    _git(repo, "commit", "-q", "--allow-empty", "-m", "another commit")  # HEAD moves on; the check keeps its commit
+    assert rc.main(["--root", str(repo), "--venv", str(venv), "--work", str(work)]) == 1
+    captured = capsys.readouterr()
+    assert f"the check of commit {began}" in captured.err and "is the same" in captured.err
+    assert f"commit {began}" in captured.out.splitlines()[0]  # the title names the commit that was checked
+    (repo / "figures" / "quick" / "numbers.tex").write_text(COMMITTED.replace("{4.1}", "{4.2}"))
+    _git(repo, "commit", "-q", "-am", "new numbers")
+    assert rc.main(["--root", str(repo), "--venv", str(venv), "--work", str(work)]) == 1
+    assert "DIFFERS" in capsys.readouterr().err
     assert (work / "repo").is_dir()  # never deleted
