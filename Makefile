@@ -74,10 +74,11 @@ figures: $(STAMP)
 # seed and keep its numbers in figures/<profile>/seeds/ for the thesis's findings; USE_WEIGHTS=1: the models from
 # weights/<profile>/ instead of retraining, the profile's own or, with TRAIN_SEED=n, those trained beforehand by
 # tools/train_profile.py --train-seed n; THREADS=1 USE_WEIGHTS=1 PROFILE=cpu checks the sampling and evaluation;
-# WORK=dir keeps the clone and cache there, and a rerun with the same dir resumes an interrupted check at its commit).
+# WORK=dir keeps the clone and cache there, and a rerun with the same dir resumes an interrupted check at its commit;
+# ISA=avx2: CPU kernels capped at AVX2, another summation order where the thread count does not change one).
 reproduce-check: $(STAMP)
 	$(PYTHON) tools/reproduce_check.py --venv $(VENV) $(if $(filter command line,$(origin PROFILE)),--profile $(PROFILE),) \
-		$(if $(THREADS),--threads $(THREADS),) $(if $(SEED),--seed $(SEED),) $(if $(TRAIN_SEED),--train-seed $(TRAIN_SEED),) \
+		$(if $(THREADS),--threads $(THREADS),) $(if $(ISA),--isa $(ISA),) $(if $(SEED),--seed $(SEED),) $(if $(TRAIN_SEED),--train-seed $(TRAIN_SEED),) \
 		$(if $(RECORD),--record,) $(if $(USE_WEIGHTS),--use-weights,) $(if $(WORK),--work $(WORK),)
 
 thesis: tex $(STAMP)

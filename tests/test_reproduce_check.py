@@ -226,6 +226,9 @@ def test_failing_make_is_exit_2(tmp_path, capsys):
     (["--train-seed", "4", "--use-weights"], 'test -z "$$DDPM_RETRAIN" && test "$$DDPM_TRAIN_SEED" = 4'),
     # the profile's own committed models, every sample redrawn with another thread count
     (["--threads", "1", "--use-weights"], 'test -z "$$DDPM_RETRAIN$$DDPM_TRAIN_SEED" && test "$$DDPM_THREADS" = 1'),
+    # the CPU kernels capped at AVX2: PyTorch's, oneDNN's and MKL's
+    (["--isa", "avx2", "--use-weights"], 'test "$$ATEN_CPU_CAPABILITY" = avx2 && test "$$ONEDNN_MAX_CPU_ISA" = AVX2 '
+                                         '&& test "$$MKL_ENABLE_INSTRUCTIONS" = AVX2'),
 ])
 def test_reproduction_modes_reach_make_figures(tmp_path, capsys, flags, env_check):
     repo = _fake_repo(tmp_path, "0.0412")
@@ -239,6 +242,7 @@ def test_reproduction_modes_reach_make_figures(tmp_path, capsys, flags, env_chec
     first = capsys.readouterr().out.splitlines()[0]
     assert ("sampling seed 3" in first) == ("--seed" in flags) and ("1 torch thread" in first) == ("--threads" in flags)
     assert ("committed models" in first) == ("--use-weights" in flags)  # the title says the models were not retrained
+    assert ("capped at AVX2" in first) == ("--isa" in flags)
 
 
 def test_a_second_training_seed_is_recorded_for_the_thesis(tmp_path, capsys):

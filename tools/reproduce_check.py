@@ -1,7 +1,7 @@
 """Regenerate a profile's figures from a clean clone of HEAD and compare its numbers with the committed ones.
 
-    python tools/reproduce_check.py [--profile quick] [--threads N] [--seed N] [--train-seed N] [--exact] [--keep]
-                                    [--work DIR]
+    python tools/reproduce_check.py [--profile quick] [--threads N] [--isa avx2] [--seed N] [--train-seed N]
+                                    [--exact] [--keep] [--work DIR]
     python tools/reproduce_check.py --compare COMMITTED.tex PRODUCED.tex [--exact]       # the comparison only
 
 The check clones this repository's HEAD into a temporary folder, runs ``make figures PROFILE=<profile>``
@@ -26,7 +26,10 @@ families and thread counts, and training amplifies it: a regeneration elsewhere 
 Exact equality is reported on an extra line (on the same CPU model and thread count the pipeline is
 deterministic, and everything matches exactly); ``--exact`` makes it the criterion. ``--threads N`` runs the
 notebooks with N torch threads (``DDPM_THREADS``), which changes the reduction order much as another CPU
-does: the way to rehearse the cross-machine check on one machine. Conclusions that should survive another seed
+does: the way to rehearse the cross-machine check on one machine. Where the kernels split their work over
+threads without changing any sum (convolutions and matrix products on the CPUs measured here give the same bits with
+1 and 2 threads), ``--isa avx2`` caps the instruction set of PyTorch's, oneDNN's and MKL's kernels instead
+(:data:`ISA_ENV`), and the sums then run in another order, as on a CPU family without AVX-512. Conclusions that should survive another seed
 are checked by ``--seed N`` (every sampling and evaluation draw of the notebooks reseeded; the committed
 trained models are used) and ``--train-seed N`` (the models retrained with ``train.seed = N`` as well): the
 table then says which numbers and verdicts held. ``--record`` (with ``--train-seed N``) keeps the regeneration's
@@ -230,6 +233,17 @@ def report(committed_text: str, produced_text: str, out=None, exact: bool = Fals
     return 0
 
 
+ISA_ENV = {
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+    "avx512": {"ATEN_CPU_CAPABILITY": "avx512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "MKL_ENABLE_INSTRUCTIONS": "AVX512"},
+    "default": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
+}
+"""``--isa``: the instruction set the CPU kernels may use (PyTorch's vectorised and compiled kernels, oneDNN's
+convolutions, MKL's matrix products). Kernels of another width sum in another order, as another CPU family's would:
+on an AVX-512 machine, ``avx2`` computes as an AVX2-only CPU (many AMD EPYC) does. A width the CPU lacks is not
+gained, only capped."""
+
+
 def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
     print("+ " + " ".join(map(str, cmd)), file=sys.stderr, flush=True)
     return subprocess.run(cmd, **kwargs)
@@ -237,7 +251,7 @@ def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 def regenerate(root: Path, profile: str, venv: Path, work: Path, threads: int | None = None,
                seed: int | None = None, train_seed: int | None = None,
-               use_weights: bool = False) -> tuple[str, str, str]:
+               use_weights: bool = False, isa: str | None = None) -> tuple[str, str, str]:
     """Clone ``root``'s HEAD into ``work/repo``, run ``make figures`` there with an empty cache under
     ``work`` (``threads``: torch threads of every notebook; ``seed``: their sampling and evaluation seed, with
     the committed trained models; ``train_seed``: the models' training seed); returns (commit, committed
@@ -274,6 +288,7 @@ def regenerate(root: Path, profile: str, venv: Path, work: Path, threads: int | 
     for name, value in (("DDPM_THREADS", threads), ("DDPM_SEED", seed), ("DDPM_TRAIN_SEED", train_seed)):
         if value is not None:
             env[name] = str(value)
+    env.update(ISA_ENV.get(isa, {}))
     where = _run([str(venv / "bin" / "python"), "-c", "import diffusion; print(diffusion.__file__)"],
                  cwd=clone / "notebooks", env=env, capture_output=True, text=True)
     if where.returncode != 0 or not Path(where.stdout.strip()).resolve().is_relative_to(clone.resolve()):
@@ -303,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exact", action="store_true", help="require identical strings (same CPU model and threads)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads of the regeneration (another reduction order: a rehearsal of another CPU)")
+    ap.add_argument("--isa", choices=sorted(ISA_ENV), default=None,
+                    help="cap the instruction set of the CPU kernels (another summation order, as on another CPU "
+                         "family: avx2 on an AVX-512 machine computes as an AVX2-only CPU does)")
     ap.add_argument("--seed", type=int, default=None,
                     help="another seed of every sampling and evaluation draw, with the committed trained models")
     ap.add_argument("--train-seed", type=int, default=None, help="retrain the models with this train.seed too")
@@ -340,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tempfile.mkdtemp(prefix="ddpm-reproduce-"))
     try:
         head, committed, produced = regenerate(args.root.resolve(), args.profile, venv, work, args.threads,
-                                               args.seed, args.train_seed, args.use_weights)
+                                               args.seed, args.train_seed, args.use_weights, args.isa)
     except (RuntimeError, subprocess.CalledProcessError) as err:
         print(f"reproduce-check: error: {err}", file=sys.stderr)
         return 2
@@ -350,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
     how = [f"{args.threads} torch thread(s)"] if args.threads else []
+    how += [f"CPU kernels capped at {args.isa.upper()}"] if args.isa else []
     how += [f"sampling seed {args.seed}"] if args.seed is not None else []
     how += [f"training seed {args.train_seed}" + (" (committed models of that seed)" if args.use_weights else "")] \
         if args.train_seed is not None else ["the committed models"] if args.use_weights else []
