@@ -70,12 +70,12 @@ figures: $(STAMP)
 
 # Regenerates figures/quick in a clone of HEAD with an empty cache (about 20 minutes on 2 cores, reusing
 # this checkout's $(VENV)) and compares every number of numbers.tex with the committed one, statistically
-# (THREADS=n: another torch thread count, a rehearsal of another CPU; TRAIN_SEED=n RECORD=1: retrain with another
+# (THREADS=n: another torch thread count, the same bits on the CPUs measured here; TRAIN_SEED=n RECORD=1: retrain with another
 # seed and keep its numbers in figures/<profile>/seeds/ for the thesis's findings; USE_WEIGHTS=1: the models from
 # weights/<profile>/ instead of retraining, the profile's own or, with TRAIN_SEED=n, those trained beforehand by
 # tools/train_profile.py --train-seed n; THREADS=1 USE_WEIGHTS=1 PROFILE=cpu checks the sampling and evaluation;
 # WORK=dir keeps the clone and cache there, and a rerun with the same dir resumes an interrupted check at its commit;
-# ISA=avx2: CPU kernels capped at AVX2, another summation order where the thread count does not change one).
+# ISA=avx2: CPU kernels capped at AVX2, another summation order: the rehearsal of another CPU family).
 reproduce-check: $(STAMP)
 	$(PYTHON) tools/reproduce_check.py --venv $(VENV) $(if $(filter command line,$(origin PROFILE)),--profile $(PROFILE),) \
 		$(if $(THREADS),--threads $(THREADS),) $(if $(ISA),--isa $(ISA),) $(if $(SEED),--seed $(SEED),) $(if $(TRAIN_SEED),--train-seed $(TRAIN_SEED),) \

@@ -401,8 +401,7 @@ def seed_shift(main: str | None, other: str | None) -> str | None:
     values = [_REPRODUCE.parse_value(t or "")[0] for t in (main, other)]
     if None in values:
         return None
-    m = re.match(r"\s*[-−]?[\d,]*\.?(\d*)", (main or "").replace("[", " ["))
-    decimals = len(m.group(1)) if m else 0
+    decimals = len(re.match(r"\s*[-−]?[\d,]*\.?(\d*)", main).group(1))  # parse_value read a number: main is one
     shift = round(values[1] - values[0], decimals)
     return f"{shift:+.{decimals}f}".replace("-", "−") if shift != 0 else f"{0:.{decimals}f}"
 

@@ -25,11 +25,10 @@ families and thread counts, and training amplifies it: a regeneration elsewhere 
 
 Exact equality is reported on an extra line (on the same CPU model and thread count the pipeline is
 deterministic, and everything matches exactly); ``--exact`` makes it the criterion. ``--threads N`` runs the
-notebooks with N torch threads (``DDPM_THREADS``), which changes the reduction order much as another CPU
-does: the way to rehearse the cross-machine check on one machine. Where the kernels split their work over
-threads without changing any sum (convolutions and matrix products on the CPUs measured here give the same bits with
-1 and 2 threads), ``--isa avx2`` caps the instruction set of PyTorch's, oneDNN's and MKL's kernels instead
-(:data:`ISA_ENV`), and the sums then run in another order, as on a CPU family without AVX-512. Conclusions that should survive another seed
+notebooks with N torch threads (``DDPM_THREADS``); on the CPUs measured here that changes no sum (convolutions
+and matrix products split their work over threads, and 1 and 2 threads give the same bits). The way to rehearse
+the cross-machine check on one machine is ``--isa avx2``: it caps the instruction set of PyTorch's, oneDNN's and
+MKL's kernels (:data:`ISA_ENV`), and the sums then run in another order, as on a CPU family without AVX-512. Conclusions that should survive another seed
 are checked by ``--seed N`` (every sampling and evaluation draw of the notebooks reseeded; the committed
 trained models are used) and ``--train-seed N`` (the models retrained with ``train.seed = N`` as well): the
 table then says which numbers and verdicts held. ``--record`` (with ``--train-seed N``) keeps the regeneration's
@@ -317,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="only compare two numbers.tex files")
     ap.add_argument("--exact", action="store_true", help="require identical strings (same CPU model and threads)")
     ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads of the regeneration (another reduction order: a rehearsal of another CPU)")
+                    help="torch threads of the regeneration (the same bits on the CPUs measured here; --isa avx2 "
+                         "rehearses another CPU)")
     ap.add_argument("--isa", choices=sorted(ISA_ENV), default=None,
                     help="cap the instruction set of the CPU kernels (another summation order, as on another CPU "
                          "family: avx2 on an AVX-512 machine computes as an AVX2-only CPU does)")
