@@ -8,35 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from diffusion.checkpoint import list_checkpoints, load_checkpoint
-from diffusion.config import config_from_dict
-from diffusion.data import ImageData
+from diffusion.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from diffusion.config import config_from_dict, config_to_dict
 from diffusion.ema import EMA
 from diffusion.train import NonFiniteLossError, Trainer
 from diffusion.train_step import TrainStats, make_train_step, warmup_lr
+from tests.tiny import tiny_cfg, tiny_data
 
 torch.set_num_threads(1)
-
-
-def tiny_cfg(**train):
-    t = dict(batch_size=8, lr=2e-3, warmup_steps=2, total_steps=6, log_every=1, ckpt_every=3, keep_last=5,
-             ema_decay=0.9, p_uncond=0.2, sample_every=[], seed=0)
-    t.update(train)
-    return config_from_dict({
-        "name": "tiny",
-        "model": {"ch": 32, "ch_mult": [1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.1,
-                  "class_cond": True},
-        "diffusion": {"num_timesteps": 20},
-        "data": {"name": "mnist5k", "hflip": True},
-        "train": t,
-    })
-
-
-def tiny_data(n=40):
-    g = torch.Generator().manual_seed(1)
-    return ImageData(images=torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=g),
-                     labels=torch.randint(0, 3, (n,), generator=g), num_classes=3, class_names=("a", "b", "c"),
-                     label="tiny random", name="tiny")
 
 
 def read_metrics(run):
@@ -141,10 +120,9 @@ def test_sigterm_saves_checkpoint_and_stops(tmp_path):
 
 def test_resume_rejects_other_architecture(tmp_path):
     Trainer(tiny_cfg(total_steps=1), data=tiny_data(), out_dir=tmp_path, device="cpu", progress=False).train()
-    other = config_from_dict({**__import__("diffusion.config", fromlist=["x"]).config_to_dict(tiny_cfg()),
+    other = config_from_dict({**config_to_dict(tiny_cfg()),
                               "model": {"ch": 64, "ch_mult": [1], "num_res_blocks": 1, "attn_resolutions": [],
                                         "class_cond": True}})
-    from diffusion.checkpoint import CheckpointError
     with pytest.raises(CheckpointError, match="model.ch"):
         Trainer(other, data=tiny_data(), out_dir=tmp_path, device="cpu", resume=True, progress=False)
     # without a checkpoint there is nothing to compare: the run starts from step 0 (tests/test_crash_only.py)

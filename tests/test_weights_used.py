@@ -19,29 +19,18 @@ import diffusion.train
 from diffusion import experiments
 from diffusion.checkpoint import load_checkpoint, save_checkpoint
 from diffusion.cli import main
-from diffusion.config import config_from_dict
-from diffusion.data import ImageData
+from tests import tiny
 
 
 def tiny_cfg(**train):
-    t = dict(batch_size=8, lr=5e-3, warmup_steps=1, total_steps=3, log_every=1, ckpt_every=3, keep_last=2,
-             ema_decay=0.5, p_uncond=0.2, sample_every=[], seed=0)
-    t.update(train)
-    return config_from_dict({
-        "name": "tiny",
-        "model": {"ch": 32, "ch_mult": [1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0,
-                  "class_cond": True},
-        "diffusion": {"num_timesteps": 10},
-        "data": {"name": "mnist5k", "hflip": False},
-        "train": t,
-    })
+    """The shared tiny run, shortened to three steps with a fast EMA and no dropout or flips, so that EMA and raw
+    weights differ clearly and deterministically."""
+    return tiny.tiny_cfg(dropout=0.0, hflip=False, num_timesteps=10,
+                         **{**dict(lr=5e-3, warmup_steps=1, total_steps=3, keep_last=2, ema_decay=0.5), **train})
 
 
 def tiny_data(n=24):
-    g = torch.Generator().manual_seed(1)
-    return ImageData(images=torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=g),
-                     labels=torch.randint(0, 3, (n,), generator=g), num_classes=3, class_names=("a", "b", "c"),
-                     label="tiny random", name="tiny")
+    return tiny.tiny_data(n)
 
 
 def flat(params) -> torch.Tensor:
