@@ -28,9 +28,9 @@ deterministic, and everything matches exactly); ``--exact`` makes it the criteri
 notebooks with N torch threads (``DDPM_THREADS``); on the CPUs measured here that changes no sum (convolutions
 and matrix products split their work over threads, and 1 and 2 threads give the same bits). The way to rehearse
 the cross-machine check on one machine is ``--isa avx2``: it caps the instruction set of PyTorch's, oneDNN's and
-MKL's kernels (:data:`ISA_ENV`), and the sums then run in another order, as on a CPU family without AVX-512. Conclusions that should survive another seed
-are checked by ``--seed N`` (every sampling and evaluation draw of the notebooks reseeded; the committed
-trained models are used) and ``--train-seed N`` (the models retrained with ``train.seed = N`` as well): the
+MKL's kernels (:data:`ISA_ENV`), and the sums then run in another order, as on a CPU family without AVX-512.
+Conclusions that should survive another seed are checked by ``--seed N`` (every sampling and evaluation draw
+of the notebooks reseeded; the committed trained models are used) and ``--train-seed N`` (the models retrained with ``train.seed = N`` as well): the
 table then says which numbers and verdicts held. ``--record`` (with ``--train-seed N``) keeps the regeneration's
 numbers as ``figures/<profile>/seeds/train-seed-N.tex`` and the table as ``train-seed-N.txt`` beside them, to be
 committed: the thesis then states as findings only the differences that held in both trainings
