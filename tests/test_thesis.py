@@ -203,6 +203,38 @@ def test_seed_table_macros_count_the_differences_that_kept_their_side():
     assert any("seedshift@KidWThreeCI\\endcsname{+0.0291}" in line for line in lines)
 
 
+def test_seed_findings_lists_read_which_findings_held():
+    """The plain reading of the seed runs: a finding kept (excludes 0 on the same side in both), lost (excludes 0
+    in the main run only, or flips), gained (contains 0 in the main run only); both containing 0 is in no list."""
+    main = {"AccDiffThreeOne": "28.0 [23.8, 32.2]", "StepsDpmVsFullKidDiff": "0.0467 [0.0002, 0.0932]",
+            "DivDiffThreeOne": "−0.289 [−0.457, −0.121]", "WidthNarrowKidDiff": "0.02 [-0.02, 0.06]",
+            "DepthShallowKidDiff": "0.02 [-0.02, 0.06]", "StageKidLastDiff": "n/a（只有一个训练阶段）"}
+    other = {"AccDiffThreeOne": "25.0 [21.0, 29.0]", "StepsDpmVsFullKidDiff": "0.0310 [-0.0150, 0.0770]",
+             "DivDiffThreeOne": "0.1 [0.02, 0.2]", "WidthNarrowKidDiff": "0.05 [0.01, 0.09]",
+             "DepthShallowKidDiff": "0.01 [-0.03, 0.05]"}
+    lines = build_thesis.finding_macros(main, {1: other})
+    assert "\\newcommand{\\SeedFindingsKept}{\\FindingName{AccDiffThreeOne}}" in lines
+    assert ("\\newcommand{\\SeedFindingsLost}{\\FindingName{StepsDpmVsFullKidDiff}、"
+            "\\FindingName{DivDiffThreeOne}}") in lines
+    assert "\\newcommand{\\SeedFindingsGained}{\\FindingName{WidthNarrowKidDiff}}" in lines
+    assert ["\\newcommand{\\SeedFindingsKeptCount}{1}", "\\newcommand{\\SeedFindingsLostCount}{2}",
+            "\\newcommand{\\SeedFindingsGainedCount}{1}"] == [line for line in lines if "Count}{" in line
+                                                               and "SeedFindings" in line]
+    alone = build_thesis.finding_macros(main, {})
+    assert "\\newcommand{\\SeedFindingsKept}{}" in alone and "\\newcommand{\\SeedFindingsKeptCount}{0}" in alone
+
+
+def test_every_difference_has_a_name_in_the_thesis():
+    """\\FindingName{X} of thesis/findings.tex names every difference (a macro with Diff in its name) that a
+    committed profile's numbers.tex defines, so the seed section never prints a bare macro name."""
+    named = set(re.findall(r"\\DefineFindingName\{(\w+)\}", (REPO / "thesis" / "findings.tex").read_text(encoding="utf-8")))
+    defined = set()
+    for numbers in (REPO / "figures").glob("*/numbers.tex"):
+        defined |= {name for name in build_thesis.defined_numbers(numbers) if "Diff" in name}
+    assert defined, "no committed numbers.tex defines a difference"
+    assert defined <= named, f"differences without a name in thesis/findings.tex: {sorted(defined - named)}"
+
+
 @pytest.mark.parametrize("text, typeset", [
     ("{-0.2724 [-0.3112, -0.2335]}", "{−0.2724 [−0.3112, −0.2335]}"),   # minus signs
     ("$1.3\\times10^{-2}$ (x=-1)", "$1.3\\times10^{−2}$ (x=−1)"),

@@ -365,17 +365,31 @@ def finding_macros(defined: dict[str, str], runs: dict[int, dict[str, str]]) -> 
     when either is not a number), ``\SeedHeld{Name}`` for a difference whether its side of 0 was the same in
     both (是/否), ``\SeedHeldCount`` of ``\SeedDiffCount`` differences kept their side of 0 in every run,
     ``\SeedRunCount`` the number of such runs, ``\SeedRunList`` their seeds,
-    ``\IfSeedRuns{yes}{no}``."""
+    ``\IfSeedRuns{yes}{no}``. The plain reading of the runs: ``\SeedFindingsKept`` lists (as
+    ``\FindingName{<X>Diff}``, joined by 、) the differences whose interval excludes 0 on the same side in every
+    run, ``\SeedFindingsLost`` those excluding 0 in the main run but not on that side in some other run,
+    ``\SeedFindingsGained`` those containing 0 in the main run and excluding it in some other run; each with a
+    ``…Count`` (all empty without other runs)."""
     lines = []
     side = {}
+    groups = {"Kept": [], "Lost": [], "Gained": []}
     for name, text in defined.items():
         if "Diff" not in name:
             continue
-        sides = {_REPRODUCE.side_of_zero(_REPRODUCE.parse_value(t or "")[1])
-                 for t in [text, *(run.get(name) for run in runs.values())]}
+        main, *others = [_REPRODUCE.side_of_zero(_REPRODUCE.parse_value(t or "")[1])
+                         for t in [text, *(run.get(name) for run in runs.values())]]
+        sides = {main, *others}
         body = "#1" if sides == {"above"} else "#2" if sides == {"below"} else "#3"
         lines.append(f"\\newcommand{{\\Finding{name.removesuffix('Diff')}}}[3]{{{body}}}")
         side[name] = len(sides) == 1
+        if others and main in ("above", "below"):
+            groups["Kept" if side[name] else "Lost"].append(name)
+        elif others and main == "contains" and {"above", "below"} & set(others):
+            groups["Gained"].append(name)
+    for group, names in groups.items():
+        listed = "、".join(f"\\FindingName{{{name}}}" for name in names)
+        lines.append(f"\\newcommand{{\\SeedFindings{group}}}{{{listed}}}")
+        lines.append(f"\\newcommand{{\\SeedFindings{group}Count}}{{{len(names)}}}")
     first = next(iter(runs.values()), {})
     for name, text in first.items():
         lines.append(f"\\expandafter\\def\\csname seedvalue@{name}\\endcsname{{{typeset_minus(text)}}}")
