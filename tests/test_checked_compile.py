@@ -64,10 +64,38 @@ def test_outputs_agree(compiled, eager, agree):
     assert outputs_agree(compiled, eager) == agree
 
 
-def test_the_real_compiler_agrees_with_eager_on_a_small_network():
+def test_the_real_compiler_agrees_with_eager_on_a_small_network(monkeypatch):
+    monkeypatch.setattr("diffusion.checked_compile.compiled_kernels_crash", lambda: False)  # a Linear does not crash
     net = Net().eval()
     checked = CheckedCompile(net)
     x = torch.randn(3, 4)
     with torch.no_grad():
         assert torch.allclose(checked(x), net(x), atol=1e-5)
     assert checked.rejected_shapes == []
+
+
+@pytest.mark.parametrize("threads, capability, eager_only", [(1, "AVX512", True), (2, "AVX512", False),
+                                                              (1, "AVX2", False)])
+def test_one_thread_with_avx512_kernels_samples_eagerly(monkeypatch, threads, capability, eager_only):
+    """Where inductor's kernels crash the process (one thread, AVX-512) the real compiler is never called; the
+    network runs eagerly with one warning. A stand-in compiler (no kernels) is used as given."""
+    calls = []
+
+    def fake_compile(module, **kwargs):
+        def run(*args, **kw):
+            calls.append(1)
+            return module(*args, **kw)
+        return run
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    net, x = Net(), torch.randn(3, 4)
+    checked = CheckedCompile(net)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert torch.equal(checked(x), net(x)) and torch.equal(checked(x), net(x))
+    assert (len(calls) == 0) == eager_only
+    assert len([w for w in caught if "crash" in str(w.message)]) == (1 if eager_only else 0)
+    stand_in = CheckedCompile(net, compile_fn=fake_compile)
+    stand_in(x)
+    assert len(calls) == (1 if eager_only else 3)
