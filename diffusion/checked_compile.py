@@ -66,7 +66,10 @@ class CheckedCompile(torch.nn.Module):
         self._compiled = (compile_fn or (lambda m: torch.compile(m, dynamic=False)))(network)
         self._verdict: dict[tuple, bool] = {}  # shape key -> the compiled route agreed
         self._eager_only = compile_fn is None and compiled_kernels_crash()  # a stand-in compiler has no kernels
-        self._warned = False
+        if self._eager_only:
+            warnings.warn("torch.compile's CPU kernels crash with one torch thread and AVX-512 kernels "
+                          "(torch.set_num_threads(1)): the eager network samples instead", RuntimeWarning,
+                          stacklevel=2)
 
     @property
     def rejected_shapes(self) -> list[tuple]:
@@ -75,11 +78,6 @@ class CheckedCompile(torch.nn.Module):
 
     def forward(self, *args, **kwargs):
         if self._eager_only:
-            if not self._warned:
-                self._warned = True
-                warnings.warn("torch.compile's CPU kernels crash with one torch thread and AVX-512 kernels "
-                              "(torch.set_num_threads(1)): the eager network samples instead", RuntimeWarning,
-                              stacklevel=2)
             return self.network(*args, **kwargs)
         key = _shape_key(args, kwargs)
         verdict = self._verdict.get(key)

@@ -90,9 +90,9 @@ def test_one_thread_with_avx512_kernels_samples_eagerly(monkeypatch, threads, ca
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     net, x = Net(), torch.randn(3, 4)
-    checked = CheckedCompile(net)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        checked = CheckedCompile(net)
         assert torch.equal(checked(x), net(x)) and torch.equal(checked(x), net(x))
     assert (len(calls) == 0) == eager_only
     assert len([w for w in caught if "crash" in str(w.message)]) == (1 if eager_only else 0)
