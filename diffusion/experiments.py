@@ -29,15 +29,17 @@ import numpy as np
 import torch
 
 from diffusion.checked_compile import CheckedCompile
-from diffusion.report import Artefacts, CacheEntry, dataset_label_zh, repo_root
+from diffusion.report import PROGRESS, Artefacts, CacheEntry, dataset_label_zh, repo_root
+from diffusion.report.cache import code_of
 
 __all__ = ["BOOKKEEPING", "FeatureSpace", "TrainedModel", "device", "generate", "load_data", "load_run_config", "model_spec", "profile_params",
            "proxy_classifier", "proxy_classifier_inputs", "train_toy", "trained_model", "training_key", "uncond_feature_space", "variant_spec", "with_overrides"]
 
 TRAIN_PRODUCER = "04_training"
-RECIPE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
-"""SHA-256 of this file: part of the keys of generated samples and of the toy model, whose recipes (sampling
-batches, the toy's training loop) live here. Trained U-Nets are keyed on the training fingerprint instead."""
+RECIPE = hashlib.sha256(code_of(Path(__file__))).hexdigest()
+"""SHA-256 of this file's code (its syntax tree without docstrings, as the cache hashes modules): part of the keys
+of generated samples and of the toy model, whose recipes (sampling batches, the toy's training loop) live here.
+Trained U-Nets are keyed on the training fingerprint instead."""
 STAGE_SAMPLES = 16  # images the trainer samples at each train.sample_every step (EMA weights, fixed noise)
 BOOKKEEPING = ("train.ckpt_every", "train.ckpt_every_minutes", "train.keep_last", "data.root")
 """Settings left out of a trained model's key: when checkpoints are written and kept, and where the data were
@@ -298,15 +300,20 @@ def generate(art: Artefacts, tm: TrainedModel, n: int, *, sampler: str = "ddim",
              use_ema: bool = True, var_type: str | None = None, tag: str = "samples",
              producer: str | None = None) -> dict:
     """``n`` samples of ``tm`` as uint8 N×C×H×W (``images``), their labels (``labels``, −1 if none) and the
-    sampling wall time per image (``seconds_per_image``, of the run that computed them), cached under
+    sampling wall time per image (``seconds_per_image``, summed over the runs that computed them), cached under
     ``tag`` keyed by the model's cache key and every sampling argument; ``producer`` names the notebook
     whose samples these are when another notebook reuses them. The default batch of 128 is the fastest
-    on the 2-core CPU for the MNIST-5k U-Net (``benchmarks/cpu_sampling.py``: 1.1-1.2x batch 256)."""
+    on the 2-core CPU for the MNIST-5k U-Net (``benchmarks/cpu_sampling.py``: 1.1-1.2x batch 256).
+
+    Each finished batch is saved with the generator's state after it (:func:`_batch_path`), so an interrupted
+    call resumes after its last finished batch and returns exactly the images of an uninterrupted one."""
     from diffusion.metrics.images import to_uint8
     from diffusion.samplers import sample
 
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     labels = None if y is None else np.asarray(y, dtype=np.int64).reshape(-1)
     if labels is not None and labels.shape[0] != n:
         raise ValueError(f"y must hold n={n} labels, got {labels.shape[0]}")
@@ -317,29 +324,53 @@ def generate(art: Artefacts, tm: TrainedModel, n: int, *, sampler: str = "ddim",
         diffusion = GaussianDiffusion(tm.diffusion.betas, tm.diffusion.model_mean_type, var_type, tm.diffusion.loss_type)
     key = {"recipe": RECIPE, "model": tm.entry.key, "n": n, "sampler": sampler, "steps": steps, "eta": eta, "w": guidance_scale,
            "y": None if labels is None else labels.tolist(), "seed": seed, "ema": use_ema, "var": var_type,
-           "tag": tag} | ({"compiled": True} if tm.compile_sampling else {})
+           "tag": tag, "batch": batch_size} | ({"compiled": True} if tm.compile_sampling else {})
 
     def work(folder: Path) -> dict:
+        from diffusion.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
         model = tm.network(use_ema)
         plain = tm.model if use_ema else tm.raw_model
         dev = next(plain.parameters()).device
         gen = torch.Generator(device=dev).manual_seed(seed)
         c, s = plain.in_channels, plain.image_size
-        out, t0 = [], time.perf_counter()
+        out, seconds, resuming = [], 0.0, True
         for lo in range(0, n, batch_size):
             hi = min(n, lo + batch_size)
+            path = _batch_path(folder, lo)
+            if resuming and path.is_file():
+                try:
+                    done = load_checkpoint(path)
+                except CheckpointError:
+                    resuming = False  # unreadable: computed again from here
+                else:
+                    gen.set_state(done["generator"])
+                    out.append(done["images"])
+                    seconds += float(done["seconds"])
+                    continue
+            resuming = False
+            t0 = time.perf_counter()
             yb = None if labels is None else torch.as_tensor(labels[lo:hi], device=dev)
             x = sample(diffusion, model, (hi - lo, c, s, s), sampler=sampler, steps=steps, eta=eta,
                        guidance_scale=guidance_scale, y=yb, null_class=tm.null_class, generator=gen,
                        progress=n * (steps or diffusion.num_timesteps) > 20000, device=dev)
-            out.append(to_uint8(x).cpu())
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        return {"images": torch.cat(out).numpy(), "seconds_per_image": (time.perf_counter() - t0) / n,
+            images = to_uint8(x).cpu()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            took = time.perf_counter() - t0
+            save_checkpoint({"images": images, "generator": gen.get_state(), "seconds": took}, path)
+            out.append(images)
+            seconds += took
+        return {"images": torch.cat(out).numpy(), "seconds_per_image": seconds / n,
                 "labels": labels if labels is not None else np.full(n, -1, dtype=np.int64)}
 
     return art.cached(key, work, kind=tag, producer=producer,
                       modules=["diffusion.samplers", "diffusion.metrics.images"]).result
+
+
+def _batch_path(folder: Path, first: int) -> Path:
+    """Where :func:`generate` keeps the finished batch starting at image ``first`` until the entry is stored."""
+    return folder / PROGRESS / f"batch_{first:07d}.pt"
 
 
 def with_overrides(spec: dict, overrides: dict) -> dict:

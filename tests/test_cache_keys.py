@@ -2,6 +2,7 @@
 the package), its configuration, its data or its weights gives a new key; unrelated code does not."""
 from __future__ import annotations
 
+import hashlib
 import shutil
 
 import pytest
@@ -104,6 +105,23 @@ def test_generated_set_key_covers_the_sampler_code(pkg):
         after = report_cache.cache_key(parts, "05_guidance", modules)[0]
         assert after != before, rel
         before = after
+
+
+def test_the_sampling_recipe_is_the_code_of_experiments_not_its_text(tmp_path):
+    """RECIPE (in every sample key) hashes experiments.py as code: a docstring or comment edit keeps every sampled
+    entry, a changed statement gives new keys."""
+    source = (PACKAGE_DIR / "experiments.py").read_text()
+    assert experiments.RECIPE == hashlib.sha256(report_cache.code_of(PACKAGE_DIR / "experiments.py")).hexdigest()
+    copy = tmp_path / "experiments.py"
+
+    def recipe(text):
+        copy.write_text(text)
+        return hashlib.sha256(report_cache.code_of(copy)).hexdigest()
+
+    assert '"""``n`` samples of ``tm``' in source and "STAGE_SAMPLES = 16" in source
+    assert recipe(source.replace('"""``n`` samples of ``tm``', '"""The ``n`` samples of ``tm``') + "\n# note\n") \
+        == experiments.RECIPE
+    assert recipe(source.replace("STAGE_SAMPLES = 16", "STAGE_SAMPLES = 17")) != experiments.RECIPE
 
 
 @pytest.mark.parametrize("rel, changes", [

@@ -38,7 +38,6 @@ from diffusion.report.paths import PACKAGE_DIR, check_profile, repo_root
 from diffusion.report.provenance import jsonable, torch_version
 
 
-
 def _is_report(path: Path) -> bool:
     """Whether ``path`` belongs to ``diffusion.report`` (style, writers, cache mechanics: never hashed)."""
     return path.resolve().is_relative_to((PACKAGE_DIR / "report").resolve())
@@ -134,6 +133,11 @@ def data_digest(images: Any, labels: Any = None, name: str = "") -> str:
     return h.hexdigest()
 
 
+PROGRESS = "progress"
+"""The sub-folder of a ``.partial`` entry where the work keeps what it has finished so far, to resume from it after
+an interruption; :func:`cached` removes it once the result is stored, so a finished entry holds the result only."""
+
+
 @dataclass
 class CacheEntry:
     """A finished cache entry: its folder, its key, the stored result, whether it was reused, and where it
@@ -219,7 +223,8 @@ def cached(key_parts: Mapping[str, Any], fn: Callable[[Path], Mapping | None], k
     ``<cache_root>/<profile>/<kind>/<key>/`` (``cache_root`` defaults to ``$DDPM_CACHE_DIR`` or
     ``<repo>/cache``). It is built in ``<key>.partial/`` and renamed into place only when ``fn`` returned,
     so an interrupted run never leaves an entry that looks finished; a rerun passes the same ``.partial``
-    folder to ``fn`` again, which may resume from what it finds there (trainings do). A committed unfinished
+    folder to ``fn`` again, which may resume from what it finds there (trainings do). What ``fn`` keeps only to
+    resume (sampled batches, :data:`PROGRESS`) is removed once the result is stored. A committed unfinished
     entry (``weights/<profile>/<kind>/<key>.partial``) seeds that folder when the cache has none.
     """
     check_profile(profile)
@@ -251,6 +256,7 @@ def cached(key_parts: Mapping[str, Any], fn: Callable[[Path], Mapping | None], k
     (partial / "inputs.json").write_text(json.dumps(inputs, indent=1, sort_keys=True))
     result = fn(partial)
     _store_result(partial, result)
+    shutil.rmtree(partial / PROGRESS, ignore_errors=True)
     if final.exists():  # a concurrent run finished first; keep its entry
         shutil.rmtree(partial)
     else:
