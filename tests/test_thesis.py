@@ -151,10 +151,10 @@ def test_comparison_words_follow_the_numbers():
     ("-0.20 [-0.30, -0.10]", None, "#2"),
     ("0.10 [-0.10, 0.30]", None, "#3"),
     ("0.20 [0.10, 0.30]", "0.15 [0.02, 0.28]", "#1"),      # held under the second seed
-    ("0.20 [0.10, 0.30]", "0.10 [-0.02, 0.22]", "#3"),     # did not: not a finding
-    ("−0.20 [−0.30, −0.10]", "0.10 [0.02, 0.22]", "#3"),   # opposite signs (with the typographic minus)
+    ("0.20 [0.10, 0.30]", "0.10 [-0.02, 0.22]", "#3\\SeedLostNote"),  # did not: not a finding, said why
+    ("−0.20 [−0.30, −0.10]", "0.10 [0.02, 0.22]", "#3\\SeedLostNote"),  # opposite signs (with the typographic minus)
     ("−0.20 [−0.30, −0.10]", "-0.15 [-0.25, -0.05]", "#2"),  # the typographic minus reads as a minus
-    ("0.20 [0.10, 0.30]", "MISSING", "#3"),                # the other run lacks the number
+    ("0.20 [0.10, 0.30]", "MISSING", "#3\\SeedLostNote"),  # the other run lacks the number
 ])
 def test_findings_hold_in_every_training_seed(tmp_path, main, other, expected):
     """\\Finding<X>{above}{below}{neither}: above or below only when every recorded run's interval excludes 0 on
@@ -220,7 +220,12 @@ def test_seed_findings_lists_read_which_findings_held():
     assert ["\\newcommand{\\SeedFindingsKeptCount}{1}", "\\newcommand{\\SeedFindingsLostCount}{2}",
             "\\newcommand{\\SeedFindingsGainedCount}{1}"] == [line for line in lines if "Count}{" in line
                                                                and "SeedFindings" in line]
+    # a lost finding reads as "neither", with the note saying why the main run's interval is not a finding
+    assert "\\newcommand{\\FindingStepsDpmVsFullKid}[3]{#3\\SeedLostNote}" in lines
+    assert "\\newcommand{\\FindingDivDiffThreeOne}[3]{#3\\SeedLostNote}" in lines
+    assert "\\newcommand{\\FindingWidthNarrowKid}[3]{#3}" in lines and "\\newcommand{\\FindingAccDiffThreeOne}[3]{#1}" in lines
     alone = build_thesis.finding_macros(main, {})
+    assert "\\newcommand{\\FindingStepsDpmVsFullKid}[3]{#1}" in alone
     assert "\\newcommand{\\SeedFindingsKept}{}" in alone and "\\newcommand{\\SeedFindingsKeptCount}{0}" in alone
 
 

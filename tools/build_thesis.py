@@ -359,7 +359,9 @@ def finding_macros(defined: dict[str, str], runs: dict[int, dict[str, str]]) -> 
     ``\Finding<X>{above}{below}{neither}`` expands to ``above`` when the interval lies above 0 in the main run
     and in every recorded regeneration with another training seed (``runs``), to ``below`` when below 0 in all,
     and to ``neither`` otherwise (an interval containing 0 in some run, runs disagreeing, a run without the
-    number, or no interval at all, e.g. "n/a"); the intervals are read as ``tools/reproduce_check.py`` reads them.
+    number, or no interval at all, e.g. "n/a"), followed by ``\SeedLostNote`` (``thesis/findings.tex``) where the
+    main run's interval excludes 0 and another run's does not, so that the text beside the main run's interval
+    says why it is not a finding; the intervals are read as ``tools/reproduce_check.py`` reads them.
     ``\SeedValue{Name}`` is the value of macro ``Name`` in the first other-seed run (``—`` when none),
     ``\SeedShift{Name}`` how far it moved from the main run (other − main, with the main value's decimals; ``—``
     when either is not a number), ``\SeedHeld{Name}`` for a difference whether its side of 0 was the same in
@@ -379,7 +381,8 @@ def finding_macros(defined: dict[str, str], runs: dict[int, dict[str, str]]) -> 
         main, *others = [_REPRODUCE.side_of_zero(_REPRODUCE.parse_value(t or "")[1])
                          for t in [text, *(run.get(name) for run in runs.values())]]
         sides = {main, *others}
-        body = "#1" if sides == {"above"} else "#2" if sides == {"below"} else "#3"
+        lost = bool(others) and main in ("above", "below") and len(sides) > 1
+        body = "#1" if sides == {"above"} else "#2" if sides == {"below"} else "#3\\SeedLostNote" if lost else "#3"
         lines.append(f"\\newcommand{{\\Finding{name.removesuffix('Diff')}}}[3]{{{body}}}")
         side[name] = len(sides) == 1
         if others and main in ("above", "below"):
