@@ -56,14 +56,19 @@ class CountingSampler:
         return SAMPLE(*args, **kwargs)
 
 
-def test_an_interrupted_generate_resumes_after_its_last_finished_batch(run_dir, tmp_path, monkeypatch):
+@pytest.fixture
+def model(run_dir, tmp_path, monkeypatch):
+    """(trained model, the sampling arguments, the images of an uninterrupted call)."""
     monkeypatch.setattr(experiments, "load_run_config", lambda spec: tiny.tiny_cfg(num_timesteps=10))
     monkeypatch.setattr(experiments, "load_data", lambda spec, split="train", cfg=None: tiny.tiny_data())
     args = dict(sampler="ancestral", steps=None, y=[0, 1, 2, 0, 1], seed=3, batch_size=BATCH, tag="steps")
-
     whole_art = Art(run_dir, tmp_path / "entry", tmp_path / "whole")
     tm = experiments.trained_model(whole_art, {}, "cond", dev=torch.device("cpu"))
-    whole = experiments.generate(whole_art, tm, N, **args)
+    return tm, args, experiments.generate(whole_art, tm, N, **args)
+
+
+def test_an_interrupted_generate_resumes_after_its_last_finished_batch(model, run_dir, tmp_path, monkeypatch):
+    tm, args, whole = model
 
     art = Art(run_dir, tmp_path / "entry", tmp_path / "resumed")
     stopped = CountingSampler(stop_at=2)
@@ -87,13 +92,9 @@ def test_an_interrupted_generate_resumes_after_its_last_finished_batch(run_dir, 
     assert not np.array_equal(other["images"], whole["images"])
 
 
-def test_a_damaged_kept_batch_is_sampled_again(run_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(experiments, "load_run_config", lambda spec: tiny.tiny_cfg(num_timesteps=10))
-    monkeypatch.setattr(experiments, "load_data", lambda spec, split="train", cfg=None: tiny.tiny_data())
-    args = dict(sampler="ancestral", steps=None, y=[0, 1, 2, 0, 1], seed=3, batch_size=BATCH, tag="steps")
+def test_a_damaged_kept_batch_is_sampled_again(model, run_dir, tmp_path, monkeypatch):
+    tm, args, whole = model
     art = Art(run_dir, tmp_path / "entry", tmp_path / "cache")
-    tm = experiments.trained_model(art, {}, "cond", dev=torch.device("cpu"))
-    whole = experiments.generate(Art(run_dir, tmp_path / "entry", tmp_path / "whole"), tm, N, **args)
 
     monkeypatch.setattr(diffusion.samplers, "sample", CountingSampler(stop_at=2))
     with pytest.raises(KeyboardInterrupt):
