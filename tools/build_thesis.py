@@ -381,14 +381,15 @@ def finding_macros(defined: dict[str, str], runs: dict[int, dict[str, str]]) -> 
         main, *others = [_REPRODUCE.side_of_zero(_REPRODUCE.parse_value(t or "")[1])
                          for t in [text, *(run.get(name) for run in runs.values())]]
         sides = {main, *others}
-        lost = bool(others) and main in ("above", "below") and len(sides) > 1
-        body = "#1" if sides == {"above"} else "#2" if sides == {"below"} else "#3\\SeedLostNote" if lost else "#3"
-        lines.append(f"\\newcommand{{\\Finding{name.removesuffix('Diff')}}}[3]{{{body}}}")
         side[name] = len(sides) == 1
-        if others and main in ("above", "below"):
+        excluded = bool(others) and main in ("above", "below")  # a finding of the main run, checked by other runs
+        if excluded:
             groups["Kept" if side[name] else "Lost"].append(name)
         elif others and main == "contains" and {"above", "below"} & set(others):
             groups["Gained"].append(name)
+        lost = excluded and not side[name]
+        body = "#1" if sides == {"above"} else "#2" if sides == {"below"} else "#3\\SeedLostNote" if lost else "#3"
+        lines.append(f"\\newcommand{{\\Finding{name.removesuffix('Diff')}}}[3]{{{body}}}")
     for group, names in groups.items():
         listed = "、".join(f"\\FindingName{{{name}}}" for name in names)
         lines.append(f"\\newcommand{{\\SeedFindings{group}}}{{{listed}}}")
