@@ -79,6 +79,8 @@ def _fake_repo(tmp_path):
         art = report.Artefacts(profile, NAME, out_dir, cache_root=cache_dir, seed=seed)
         art.number(NUM, 7)
         # %%
+        import sys
+        print("working on NAME", file=sys.stderr)
         x = 1
         # %%
         if fail:
@@ -108,6 +110,7 @@ def run_env(tmp_path, monkeypatch):
     monkeypatch.setenv("DDPM_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv(COMMIT_ENV, "")
     monkeypatch.setenv(DIRTY_ENV, "")
+    monkeypatch.setenv("TQDM_MININTERVAL", "0.1")
 
 
 @pytest.mark.timeout(240)
@@ -118,6 +121,7 @@ def test_run_stops_at_failing_cell_and_keeps_earlier(tmp_path, run_env, capsys):
     assert rc == 1
     assert "02_bad" in err.err and "cell" in err.err and "deliberate failure" in err.err
     assert "01_ok" in err.out and "FAILED" in err.out  # the wall-time summary
+    assert "working on '01_ok'" in err.err  # a notebook's stderr (its progress bars) reaches the terminal as it runs
     out = root / "figures" / "smoke"
     assert r"\newcommand{\Ok}{7}" in (out / "numbers.tex").read_text()
     assert r"\Bad" not in (out / "numbers.tex").read_text()
