@@ -114,14 +114,15 @@ def run_env(tmp_path, monkeypatch):
 
 
 @pytest.mark.timeout(240)
-def test_run_stops_at_failing_cell_and_keeps_earlier(tmp_path, run_env, capsys):
+def test_run_stops_at_failing_cell_and_keeps_earlier(tmp_path, run_env, capfd):
     root = _fake_repo(tmp_path)
     rc = mf.main(["--profile", "smoke", "--root", str(root), "--kernel", "python3"])
-    err = capsys.readouterr()
+    err = capfd.readouterr()  # also what the kernel process writes to the terminal itself
     assert rc == 1
     assert "02_bad" in err.err and "cell" in err.err and "deliberate failure" in err.err
     assert "01_ok" in err.out and "FAILED" in err.out  # the wall-time summary
     assert "working on '01_ok'" in err.err  # a notebook's stderr (its progress bars) reaches the terminal as it runs
+    assert "TCP" not in err.err  # the kernel is reached over Unix sockets: no warning of unencrypted TCP ports
     out = root / "figures" / "smoke"
     assert r"\newcommand{\Ok}{7}" in (out / "numbers.tex").read_text()
     assert r"\Bad" not in (out / "numbers.tex").read_text()

@@ -105,6 +105,7 @@ def run_notebook(name: str, params: dict, notebooks_dir: Path, build_dir: Path, 
     import nbformat
     import papermill
     from nbconvert import HTMLExporter
+    from traitlets.config import Config
 
     source = notebooks_dir / f"{name}.py"
     nb_in, nb_out = build_dir / f"{name}.input.ipynb", build_dir / f"{name}.ipynb"
@@ -116,10 +117,12 @@ def run_notebook(name: str, params: dict, notebooks_dir: Path, build_dir: Path, 
     error = None
     try:
         # the notebook's stderr (its progress bars and warnings) reaches this terminal as it runs: a cell of
-        # 06_ablations works for an hour on the CPU, and a user should see where it is
+        # 06_ablations works for an hour on the CPU, and a user should see where it is. The kernel talks to
+        # this process over Unix sockets (ipc), not TCP ports anyone on the machine could connect to.
         papermill.execute_notebook(str(nb_in), str(nb_out), parameters=params, kernel_name=kernel,
                                    cwd=str(notebooks_dir), progress_bar=False, execution_timeout=timeout,
-                                   stderr_file=sys.stderr)
+                                   stderr_file=sys.stderr,
+                                   config=Config({"KernelManager": {"transport": "ipc"}}))
     except papermill.PapermillExecutionError as exc:
         cell = f"cell {exc.cell_index} (execution count {exc.exec_count})"
         first = next((ln for ln in exc.source.splitlines() if ln.strip() and not ln.startswith("#")), "")
