@@ -81,6 +81,8 @@ def _fake_repo(tmp_path):
         # %%
         import sys
         print("working on NAME", file=sys.stderr)
+        import glob
+        print("sockets beside it:", glob.glob("kernel*"), file=sys.stderr)
         x = 1
         # %%
         if fail:
@@ -123,6 +125,7 @@ def test_run_stops_at_failing_cell_and_keeps_earlier(tmp_path, run_env, capfd):
     assert "01_ok" in err.out and "FAILED" in err.out  # the wall-time summary
     assert "working on '01_ok'" in err.err  # a notebook's stderr (its progress bars) reaches the terminal as it runs
     assert "TCP" not in err.err  # the kernel is reached over Unix sockets: no warning of unencrypted TCP ports
+    assert "sockets beside it: []" in err.err  # ... kept in a private folder, not in notebooks/ (the kernel's cwd)
     out = root / "figures" / "smoke"
     assert r"\newcommand{\Ok}{7}" in (out / "numbers.tex").read_text()
     assert r"\Bad" not in (out / "numbers.tex").read_text()

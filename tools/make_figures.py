@@ -30,6 +30,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -118,11 +119,13 @@ def run_notebook(name: str, params: dict, notebooks_dir: Path, build_dir: Path, 
     try:
         # the notebook's stderr (its progress bars and warnings) reaches this terminal as it runs: a cell of
         # 06_ablations works for an hour on the CPU, and a user should see where it is. The kernel talks to
-        # this process over Unix sockets (ipc), not TCP ports anyone on the machine could connect to.
-        papermill.execute_notebook(str(nb_in), str(nb_out), parameters=params, kernel_name=kernel,
-                                   cwd=str(notebooks_dir), progress_bar=False, execution_timeout=timeout,
-                                   stderr_file=sys.stderr,
-                                   config=Config({"KernelManager": {"transport": "ipc"}}))
+        # this process over Unix sockets (ipc) in a private folder, not TCP ports anyone on the machine
+        # could connect to (and not sockets in notebooks/, where they would show as untracked files).
+        with tempfile.TemporaryDirectory(prefix="ddpm-kernel-") as sockets:
+            config = Config({"KernelManager": {"transport": "ipc", "ip": os.path.join(sockets, "kernel")}})
+            papermill.execute_notebook(str(nb_in), str(nb_out), parameters=params, kernel_name=kernel,
+                                       cwd=str(notebooks_dir), progress_bar=False, execution_timeout=timeout,
+                                       stderr_file=sys.stderr, config=config)
     except papermill.PapermillExecutionError as exc:
         cell = f"cell {exc.cell_index} (execution count {exc.exec_count})"
         first = next((ln for ln in exc.source.splitlines() if ln.strip() and not ln.startswith("#")), "")
