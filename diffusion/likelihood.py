@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from diffusion.progress import tqdm
 
 from diffusion.gaussian_diffusion import GaussianDiffusion, mean_flat
 
