@@ -14,9 +14,9 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
-from diffusion.progress import tqdm
 
 from diffusion.gaussian_diffusion import GaussianDiffusion, mean_flat
+from diffusion.progress import tqdm
 
 __all__ = ["bpd_for_variances"]
 
