@@ -62,6 +62,10 @@ class CheckedCompile(torch.nn.Module):
     def __init__(self, network: torch.nn.Module, rtol: float = RTOL, compile_fn=None):
         super().__init__()
         self.network = network
+        # the network's mode, not nn.Module's default (training): a sampler that switches to eval mode and back
+        # (``diffusion.samplers``) must leave an eval network in eval mode, or dropout stays on in every later
+        # eager evaluation of it (the ε-error and the bound of 06_ablations)
+        self.training = network.training
         self.rtol = rtol
         self._compiled = (compile_fn or (lambda m: torch.compile(m, dynamic=False)))(network)
         self._verdict: dict[tuple, bool] = {}  # shape key -> the compiled route agreed

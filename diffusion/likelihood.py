@@ -15,6 +15,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
+from diffusion.eval_mode import check_eval_mode
 from diffusion.gaussian_diffusion import GaussianDiffusion, mean_flat
 from diffusion.progress import tqdm
 
@@ -41,8 +42,10 @@ def bpd_for_variances(diffusions: Mapping[str, GaussianDiffusion], model, x0: to
     """For each named diffusion: ``total_bpd`` (B,), ``prior_bpd`` (B,), ``vb`` (B, T) of eq. (7) in bits/dim.
 
     ``batch_size`` images go through the loop over terms at a time (None: all), ``t_batch`` timesteps per
-    forward pass; the noise comes from ``generator`` in the order of the loop."""
+    forward pass; the noise comes from ``generator`` in the order of the loop. ``model`` must be in eval mode
+    (:func:`diffusion.eval_mode.check_eval_mode`)."""
     first = _check_compatible(diffusions)
+    check_eval_mode(model, "the bound in bits/dim")
     B, T = x0.shape[0], first.num_timesteps
     size = B if batch_size is None else int(batch_size)
     if size < 1:

@@ -99,3 +99,26 @@ def test_one_thread_with_avx512_kernels_samples_eagerly(monkeypatch, threads, ca
     stand_in = CheckedCompile(net, compile_fn=fake_compile)
     stand_in(x)
     assert len(calls) == (1 if eager_only else 3)
+
+
+def test_sampling_through_the_wrapper_leaves_an_eval_network_in_eval_mode():
+    """A sampler switches its network to eval mode and back; through the wrapper that must give back the
+    network's own mode, not nn.Module's default (training), or dropout stays on in every later eager use."""
+    from diffusion.gaussian_diffusion import create_diffusion
+    from diffusion.samplers import sample
+
+    class DropoutEps(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.drop = torch.nn.Linear(4, 4), torch.nn.Dropout(0.5)
+
+        def forward(self, x, t, y=None):
+            return self.drop(self.lin(x.flatten(1))).view_as(x)
+
+    for mode in (False, True):
+        net = DropoutEps().train(mode)
+        checked = CheckedCompile(net, compile_fn=lambda m: m)
+        assert checked.training is mode
+        sample(create_diffusion(num_timesteps=4), checked, (2, 1, 2, 2), sampler="ancestral",
+               generator=torch.Generator().manual_seed(0))
+        assert all(m.training is mode for m in net.modules())

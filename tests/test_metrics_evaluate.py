@@ -27,6 +27,7 @@ class TinyEps(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
         self.num_classes, self.nan = num_classes, nan
         self.emb = nn.Embedding(num_classes + 1, channels) if num_classes else None
+        self.eval()  # evaluated as a trained model is: in eval mode
 
     def forward(self, x, t, y=None):
         h = 0.1 * self.conv(x)
@@ -138,6 +139,16 @@ def test_is_refused_below_two_samples_per_split():
     with pytest.raises(ValueError, match=r"num_samples: .*at least 2 images per split.*N=19.*>= 20"):
         evaluate(NeverSampled(), create_diffusion(num_timesteps=2), "mnist5k", metrics="nn,is", num_samples=19,
                  progress=False)
+
+
+def test_bits_per_dim_of_a_network_in_training_mode_is_refused_before_any_sampling():
+    class NeverSampled(TinyEps):
+        def forward(self, x, t, y=None):
+            raise AssertionError("sampled before the arguments were checked")
+
+    with pytest.raises(ValueError, match=r"bits/dim needs the network in eval mode.*model.eval\(\)"):
+        evaluate(NeverSampled().train(), create_diffusion(num_timesteps=2), "mnist5k", metrics="nn,bpd",
+                 num_samples=4, progress=False)
 
 
 def test_is_recorded_with_n_and_reportable_flag(monkeypatch):

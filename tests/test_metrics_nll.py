@@ -20,6 +20,7 @@ class TinyEps(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
         self.emb = nn.Embedding(num_classes + 1, channels) if num_classes else None
         self.num_classes = num_classes
+        self.eval()  # evaluated as a trained model is: in eval mode
 
     def forward(self, x, t, y=None):
         h = self.conv(x) * 0.1 + 0.01 * t.float().view(-1, 1, 1, 1)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from diffusion.eval_mode import check_eval_mode
+
 __all__ = ["eps_error_by_timestep"]
 
 
@@ -29,7 +31,8 @@ def eps_error_by_timestep(diffusion, model, x0: torch.Tensor, timesteps, *, mode
 
     Args:
         diffusion: a ``GaussianDiffusion`` (``q_sample`` and ``alpha_bar`` are used).
-        model: ``model(x, t, **model_kwargs) -> ε̂``, in eval mode.
+        model: ``model(x, t, **model_kwargs) -> ε̂``, in eval mode (a module in training mode is refused:
+            its dropout would make the error random).
         x0: clean images in [-1, 1], (N, C, H, W), on the model's device.
         timesteps: the timestep indices to evaluate (each in [0, T)).
         model_kwargs: e.g. ``{"y": labels}`` (N,) for a class-conditional model; sliced with ``x0``.
@@ -45,6 +48,7 @@ def eps_error_by_timestep(diffusion, model, x0: torch.Tensor, timesteps, *, mode
     ts = np.asarray(list(timesteps), dtype=np.int64)
     if ts.size == 0 or ts.min() < 0 or ts.max() >= diffusion.num_timesteps:
         raise ValueError(f"timesteps must be a non-empty list of indices in [0, {diffusion.num_timesteps})")
+    check_eval_mode(model, "the ε-error")
     kwargs = model_kwargs or {}
     mse, ident, mean_mse = [], [], []
     for t in ts:

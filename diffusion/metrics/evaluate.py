@@ -93,6 +93,7 @@ def evaluate(model, diffusion, data_name: str, metrics=DEFAULT_METRICS, num_samp
     for and the weights are not obtainable.
     """
     from ..data import load_dataset
+    from ..eval_mode import check_eval_mode
     from .inception import InceptionWeightsMissing, load_inception, weights_path
     from .inception_score import DEFAULT_SPLITS, check_splits
 
@@ -107,6 +108,8 @@ def evaluate(model, diffusion, data_name: str, metrics=DEFAULT_METRICS, num_samp
     if batch_size < 1 or bpd_images < 1 or bpd_batch_size < 1:
         raise ValueError(f"batch_size, bpd_images and bpd_batch_size must be positive, got {batch_size}, "
                          f"{bpd_images}, {bpd_batch_size}")
+    if "bpd" in names:  # refused now, not after the samples of the other metrics
+        check_eval_mode(model, "bits/dim")
     if num_classes is None:
         num_classes = getattr(model, "num_classes", None)
     conditional = bool(num_classes)

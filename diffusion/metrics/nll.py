@@ -13,6 +13,7 @@ import torch
 from diffusion.progress import tqdm
 
 from ..data import to_model_range
+from ..eval_mode import check_eval_mode
 from .images import to_uint8
 
 
@@ -23,7 +24,7 @@ def bits_per_dim(diffusion, model, images: torch.Tensor, labels: torch.Tensor | 
 
     Args:
         diffusion: a ``GaussianDiffusion`` (the bound needs all T steps, so not a respaced one).
-        model: ``model(x, t, y=None)``; class-conditional models get ``labels`` as ``y``.
+        model: ``model(x, t, y=None)``, in eval mode; class-conditional models get ``labels`` as ``y``.
         images: NCHW uint8 (or float in [-1, 1], quantised to uint8 first).
         labels: optional class indices (N,) for a class-conditional model.
         batch_size: images per ``calc_bpd_loop`` call; ``t_batch``: timesteps per forward pass.
@@ -33,6 +34,7 @@ def bits_per_dim(diffusion, model, images: torch.Tensor, labels: torch.Tensor | 
     "bpd_std" (over images), "num_images", "num_timesteps"}``; ``bpd = prior_bpd + kl_bpd + decoder_bpd``.
     """
     images = to_uint8(images, "images")
+    check_eval_mode(model, "bits/dim")
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
     if labels is not None:
