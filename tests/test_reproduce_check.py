@@ -254,8 +254,11 @@ def test_a_second_training_seed_is_recorded_for_the_thesis(tmp_path, capsys):
         pytest.skip("needs the set-up project virtual environment")
     with pytest.raises(SystemExit):  # a record is of another training seed
         rc.main(["--root", str(repo), "--venv", str(venv), "--record"])
-    assert rc.main(["--root", str(repo), "--venv", str(venv), "--train-seed", "1", "--record"]) == 0
     seeds = repo / "figures" / "quick" / "seeds"
+    seeds.mkdir(parents=True)
+    (seeds / "train-seed-1.withdrawn.json").write_text('{"numbers": ["X"], "reason": "r", "reason_zh": "r"}')
+    assert rc.main(["--root", str(repo), "--venv", str(venv), "--train-seed", "1", "--record"]) == 0
+    assert not (seeds / "train-seed-1.withdrawn.json").exists()  # the new record measured them anew
     assert (seeds / "train-seed-1.tex").read_text() == (repo / "produced.tex").read_text()
     table = (seeds / "train-seed-1.txt").read_text()
     assert "training seed 1" in table.splitlines()[0] and "reproduced statistically" in table

@@ -154,7 +154,8 @@ def test_comparison_words_follow_the_numbers():
     ("0.20 [0.10, 0.30]", "0.10 [-0.02, 0.22]", "#3\\SeedLostNote"),  # did not: not a finding, said why
     ("−0.20 [−0.30, −0.10]", "0.10 [0.02, 0.22]", "#3\\SeedLostNote"),  # opposite signs (with the typographic minus)
     ("−0.20 [−0.30, −0.10]", "-0.15 [-0.25, -0.05]", "#2"),  # the typographic minus reads as a minus
-    ("0.20 [0.10, 0.30]", "MISSING", "#3\\SeedLostNote"),  # the other run lacks the number
+    ("0.20 [0.10, 0.30]", "MISSING", "#3\\SeedUncheckedNote"),  # the other run lacks the number: not checked
+    ("0.10 [-0.10, 0.30]", "MISSING", "#3"),
 ])
 def test_findings_hold_in_every_training_seed(tmp_path, main, other, expected):
     """\\Finding<X>{above}{below}{neither}: above or below only when every recorded run's interval excludes 0 on
@@ -218,7 +219,8 @@ def test_seed_findings_lists_read_which_findings_held():
             "\\FindingName{DivDiffThreeOne}}") in lines
     assert "\\newcommand{\\SeedFindingsGained}{\\FindingName{WidthNarrowKidDiff}}" in lines
     assert ["\\newcommand{\\SeedFindingsKeptCount}{1}", "\\newcommand{\\SeedFindingsLostCount}{2}",
-            "\\newcommand{\\SeedFindingsGainedCount}{1}"] == [line for line in lines if "Count}{" in line
+            "\\newcommand{\\SeedFindingsGainedCount}{1}", "\\newcommand{\\SeedFindingsUncheckedCount}{0}"] == [
+        line for line in lines if "Count}{" in line
                                                                and "SeedFindings" in line]
     # a lost finding reads as "neither", with the note saying why the main run's interval is not a finding
     assert "\\newcommand{\\FindingStepsDpmVsFullKid}[3]{#3\\SeedLostNote}" in lines
@@ -227,6 +229,35 @@ def test_seed_findings_lists_read_which_findings_held():
     alone = build_thesis.finding_macros(main, {})
     assert "\\newcommand{\\FindingStepsDpmVsFullKid}[3]{#1}" in alone
     assert "\\newcommand{\\SeedFindingsKept}{}" in alone and "\\newcommand{\\SeedFindingsKeptCount}{0}" in alone
+
+
+def test_withdrawn_numbers_of_a_seed_run_count_as_not_measured(tmp_path):
+    """A number withdrawn from a recorded run (measured wrongly, found later) is not that run's value: no
+    \\SeedValue, out of \\SeedDiffCount, and a main-run finding it would check reads as unchecked, not lost."""
+    seeds = tmp_path / "cpu" / "seeds"
+    seeds.mkdir(parents=True)
+    (seeds / "train-seed-1.tex").write_text("\\newcommand{\\BpdSmallMinusLargeDiff}{-0.0856 [-0.0951, -0.0766]}\n"
+                                             "\\newcommand{\\BpdFixedLarge}{3.60}\n"
+                                             "\\newcommand{\\AccDiffThreeOne}{25.0 [21.0, 29.0]}\n")
+    main = {"BpdSmallMinusLargeDiff": "-0.1062 [-0.1154, -0.0973]", "BpdFixedLarge": "3.52",
+            "AccDiffThreeOne": "28.0 [23.8, 32.2]"}
+    assert "BpdFixedLarge" in build_thesis.seed_runs(tmp_path / "cpu")[1]
+    withdrawal = {"numbers": ["BpdSmallMinusLargeDiff", "BpdFixedLarge"], "reason": "dropout on", "reason_zh": "误开 dropout"}
+    (seeds / "train-seed-1.withdrawn.json").write_text(json.dumps(withdrawal), encoding="utf-8")
+    runs = build_thesis.seed_runs(tmp_path / "cpu")
+    assert runs == {1: {"AccDiffThreeOne": "25.0 [21.0, 29.0]"}}
+    lines = build_thesis.finding_macros(main, runs, build_thesis.withdrawn_numbers(tmp_path / "cpu"))
+    assert "\\newcommand{\\FindingBpdSmallMinusLarge}[3]{#3\\SeedUncheckedNote}" in lines
+    assert "\\newcommand{\\SeedFindingsUnchecked}{\\FindingName{BpdSmallMinusLargeDiff}}" in lines
+    assert "\\newcommand{\\SeedFindingsLostCount}{0}" in lines and "\\newcommand{\\SeedDiffCount}{1}" in lines
+    assert not any("seedvalue@BpdFixedLarge" in line for line in lines)
+    assert "\\newcommand{\\SeedWithdrawnCount}{2}" in lines and "\\newcommand{\\SeedWithdrawnReason}{误开 dropout}" in lines
+    (seeds / "train-seed-1.withdrawn.json").write_text(json.dumps(withdrawal | {"numbers": ["BpdFixedLarg"]}))
+    with pytest.raises(build_thesis.BuildError, match="does not define: BpdFixedLarg"):  # a typo withdraws nothing
+        build_thesis.seed_runs(tmp_path / "cpu")
+    (seeds / "train-seed-1.withdrawn.json").write_text(json.dumps({"numbers": []}), encoding="utf-8")
+    with pytest.raises(build_thesis.BuildError, match="withdrawn.json: expected"):
+        build_thesis.seed_runs(tmp_path / "cpu")
 
 
 def test_every_difference_has_a_name_in_the_thesis():

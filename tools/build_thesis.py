@@ -341,19 +341,51 @@ SEEDS_DIR = "seeds"
 """``figures/<profile>/seeds/train-seed-<N>.tex``: the numbers.tex of a regeneration of the profile whose models were
 retrained with ``train.seed = N`` (``tools/reproduce_check.py --train-seed N --record``), committed with the
 figures. The thesis states as findings only the differences whose interval excludes 0, with the same sign, in the
-main run and in every such regeneration (:func:`finding_macros`)."""
+main run and in every such regeneration (:func:`finding_macros`). A ``train-seed-<N>.withdrawn.json`` beside it,
+``{"numbers": [macro names], "reason": "...", "reason_zh": "..."}``, withdraws numbers of that run found to be
+measured wrongly after it was recorded: they count as not measured in that run until it is recorded again."""
+WITHDRAWN_SUFFIX = ".withdrawn.json"
+
+
+def withdrawn_numbers(fig_dir: Path) -> dict[int, dict]:
+    """{training seed: {"numbers": [...], "reason": ..., "reason_zh": ...}} of the withdrawals under
+    ``fig_dir/seeds`` (see :data:`SEEDS_DIR`); a malformed file is an error, not an empty withdrawal."""
+    out = {}
+    for path in sorted((fig_dir / SEEDS_DIR).glob("train-seed-*" + WITHDRAWN_SUFFIX)):
+        m = re.fullmatch(r"train-seed-(\d+)", path.name.removesuffix(WITHDRAWN_SUFFIX))
+        if not m:
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise BuildError(f"{path} is not valid JSON: {exc}") from exc
+        names = data.get("numbers") if isinstance(data, dict) else None
+        if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)
+                and all(isinstance(data.get(k), str) and data[k].strip() for k in ("reason", "reason_zh"))):
+            raise BuildError(f"{path}: expected {{\"numbers\": [macro names], \"reason\": \"...\", "
+                             "\"reason_zh\": \"...\"}")
+        out[int(m.group(1))] = data
+    return out
 
 def seed_runs(fig_dir: Path) -> dict[int, dict[str, str]]:
-    """{training seed: macros} of the recorded regenerations under ``fig_dir/seeds`` (see :data:`SEEDS_DIR`)."""
+    """{training seed: macros} of the recorded regenerations under ``fig_dir/seeds`` (see :data:`SEEDS_DIR`),
+    less the numbers withdrawn from them (:func:`withdrawn_numbers`)."""
     runs = {}
+    withdrawn = withdrawn_numbers(fig_dir)
     for path in sorted((fig_dir / SEEDS_DIR).glob("train-seed-*.tex")):
         m = re.fullmatch(r"train-seed-(\d+)", path.stem)
         if m:
-            runs[int(m.group(1))] = defined_numbers(path)
+            gone = set(withdrawn.get(int(m.group(1)), {}).get("numbers", ()))
+            numbers = defined_numbers(path)
+            if gone - set(numbers):
+                raise BuildError(f"{path.stem}{WITHDRAWN_SUFFIX} withdraws numbers {path.name} does not define: "
+                                 f"{', '.join(sorted(gone - set(numbers)))}")
+            runs[int(m.group(1))] = {k: v for k, v in numbers.items() if k not in gone}
     return runs
 
 
-def finding_macros(defined: dict[str, str], runs: dict[int, dict[str, str]]) -> list[str]:
+def finding_macros(defined: dict[str, str], runs: dict[int, dict[str, str]],
+                   withdrawn: dict[int, dict] | None = None) -> list[str]:
     r"""What the text may state as a finding, per difference macro (a name containing ``Diff``, value
     ``d [low, high]``; ``\Finding<X>`` for ``<X>Diff``, ``\Finding<Name>`` for ``AccDiffOneZero`` and the like):
     ``\Finding<X>{above}{below}{neither}`` expands to ``above`` when the interval lies above 0 in the main run
@@ -361,7 +393,9 @@ def finding_macros(defined: dict[str, str], runs: dict[int, dict[str, str]]) -> 
     and to ``neither`` otherwise (an interval containing 0 in some run, runs disagreeing, a run without the
     number, or no interval at all, e.g. "n/a"), followed by ``\SeedLostNote`` (``thesis/findings.tex``) where the
     main run's interval excludes 0 and another run's does not, so that the text beside the main run's interval
-    says why it is not a finding; the intervals are read as ``tools/reproduce_check.py`` reads them.
+    says why it is not a finding, or by ``\SeedUncheckedNote`` where it excludes 0 and another run lacks the
+    number (withdrawn, ``withdrawn``): not checked is not lost; the intervals are read as
+    ``tools/reproduce_check.py`` reads them.
     ``\SeedValue{Name}`` is the value of macro ``Name`` in the first other-seed run (``—`` when none),
     ``\SeedShift{Name}`` how far it moved from the main run (other − main, with the main value's decimals; ``—``
     when either is not a number), ``\SeedHeld{Name}`` for a difference whether its side of 0 was the same in
@@ -370,25 +404,32 @@ def finding_macros(defined: dict[str, str], runs: dict[int, dict[str, str]]) -> 
     ``\IfSeedRuns{yes}{no}``. The plain reading of the runs: ``\SeedFindingsKept`` lists (as
     ``\FindingName{<X>Diff}``, joined by 、) the differences whose interval excludes 0 on the same side in every
     run, ``\SeedFindingsLost`` those excluding 0 in the main run but not on that side in some other run,
-    ``\SeedFindingsGained`` those containing 0 in the main run and excluding it in some other run; each with a
-    ``…Count`` (all empty without other runs)."""
+    ``\SeedFindingsGained`` those containing 0 in the main run and excluding it in some other run,
+    ``\SeedFindingsUnchecked`` those excluding 0 in the main run that some other run lacks; each with a
+    ``…Count`` (all empty without other runs). A difference some run lacks is left out of ``\SeedDiffCount``.
+    ``\SeedWithdrawnCount`` counts the numbers withdrawn from the runs and ``\SeedWithdrawnReason`` says why
+    (the first withdrawal's ``reason_zh``; empty without one)."""
     lines = []
     side = {}
-    groups = {"Kept": [], "Lost": [], "Gained": []}
+    groups = {"Kept": [], "Lost": [], "Gained": [], "Unchecked": []}
     for name, text in defined.items():
         if "Diff" not in name:
             continue
         main, *others = [_REPRODUCE.side_of_zero(_REPRODUCE.parse_value(t or "")[1])
                          for t in [text, *(run.get(name) for run in runs.values())]]
+        unchecked = any(name not in run for run in runs.values())
         sides = {main, *others}
-        side[name] = len(sides) == 1
+        if not unchecked:
+            side[name] = len(sides) == 1
         excluded = bool(others) and main in ("above", "below")  # a finding of the main run, checked by other runs
-        if excluded:
+        if excluded and unchecked:
+            groups["Unchecked"].append(name)
+        elif excluded:
             groups["Kept" if side[name] else "Lost"].append(name)
         elif others and main == "contains" and {"above", "below"} & set(others):
             groups["Gained"].append(name)
-        lost = excluded and not side[name]
-        body = "#1" if sides == {"above"} else "#2" if sides == {"below"} else "#3\\SeedLostNote" if lost else "#3"
+        note = ("\\SeedUncheckedNote" if unchecked else "\\SeedLostNote") if excluded and len(sides) > 1 else ""
+        body = "#1" if sides == {"above"} else "#2" if sides == {"below"} else "#3" + note
         lines.append(f"\\newcommand{{\\Finding{name.removesuffix('Diff')}}}[3]{{{body}}}")
     for group, names in groups.items():
         listed = "、".join(f"\\FindingName{{{name}}}" for name in names)
@@ -407,6 +448,10 @@ def finding_macros(defined: dict[str, str], runs: dict[int, dict[str, str]]) -> 
     for macro, key in (("SeedValue", "seedvalue"), ("SeedShift", "seedshift"), ("SeedHeld", "seedheld")):
         lines.append(f"\\newcommand{{\\{macro}}}[1]{{\\ifcsname {key}@#1\\endcsname\\csname {key}@#1\\endcsname"
                      f"\\else —\\fi}}")
+    gone = [n for w in (withdrawn or {}).values() for n in w["numbers"]]
+    lines.append(f"\\newcommand{{\\SeedWithdrawnCount}}{{{len(gone)}}}")
+    reason = next((w["reason_zh"] for w in (withdrawn or {}).values()), "")
+    lines.append(f"\\newcommand{{\\SeedWithdrawnReason}}{{{reason}}}")
     lines.append(f"\\newcommand{{\\SeedRunCount}}{{{len(runs)}}}")
     lines.append(f"\\newcommand{{\\SeedRunList}}{{{'、'.join(str(seed) for seed in runs) or '—'}}}")
     lines.append(f"\\newcommand{{\\IfSeedRuns}}[2]{{{'#1' if runs else '#2'}}}")
@@ -589,7 +634,7 @@ def profile_tex(fig_dir: Path, build_dir: Path, contract, defined: dict[str, str
             lines.append(f"\\expandafter\\def\\csname nbdata@{name}\\endcsname{{{tex_escape(label)}}}")
     lines += comparison_macros(defined)
     lines += guidance_macros(defined)
-    lines += finding_macros(defined, seed_runs(fig_dir))
+    lines += finding_macros(defined, seed_runs(fig_dir), withdrawn_numbers(fig_dir))
     lines += config_macros(REPO / "configs")
     lines += code_macros(REPO)
     lines.append(f"\\addbibresource{{{tex_path(THESIS_DIR / 'references.bib')}}}")

@@ -383,10 +383,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def record(folder: Path, train_seed: int, title: str, committed: str, produced: str, exact: bool) -> None:
-    """Write ``train-seed-<N>.tex`` (the produced numbers) and ``train-seed-<N>.txt`` (the full comparison)."""
+    """Write ``train-seed-<N>.tex`` (the produced numbers) and ``train-seed-<N>.txt`` (the full comparison), and
+    remove a ``train-seed-<N>.withdrawn.json`` (numbers of the previous record found to be measured wrongly, see
+    ``tools/build_thesis.py``): they have just been measured anew."""
     import io
 
     folder.mkdir(parents=True, exist_ok=True)
+    withdrawn = folder / f"train-seed-{train_seed}.withdrawn.json"
+    if withdrawn.exists():
+        withdrawn.unlink()
+        print(f"removed {withdrawn.name}: the numbers it withdrew are in the new record", file=sys.stderr)
     (folder / f"train-seed-{train_seed}.tex").write_text(produced, encoding="utf-8")
     buf = io.StringIO()
     rows = compare(parse_numbers(committed), parse_numbers(produced), exact=exact)
