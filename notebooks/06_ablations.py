@@ -87,6 +87,7 @@ from diffusion.metrics.colour import colour_difference, colour_statistics
 from diffusion.metrics.kid import KidToReference
 from diffusion.metrics.memorisation import memorisation_check
 from diffusion.metrics.neighbours import nearest_neighbours
+from diffusion.report.cache import PROGRESS
 
 torch.manual_seed(seed)
 if threads:
@@ -527,19 +528,21 @@ bpd_diffusions = {name: GaussianDiffusion(tb.diffusion.betas, tb.diffusion.model
 
 
 def bpd_work(folder):
-    """One network call per image and term, shared by the three variances (diffusion.likelihood)."""
+    """One network call per image and term, shared by the three variances (diffusion.likelihood), through the
+    network the samples were drawn with (compiled where the profile compiles); each finished chunk of images is
+    kept, so an interrupted run resumes."""
     dev = next(tb.model.parameters()).device
     x0 = x_test.to(dev).float() / 127.5 - 1
     g = torch.Generator(device=dev).manual_seed(seed)
     kwargs = None if bpd_kwargs is None else {"y": torch.full((len(x0),), bpd_kwargs["y"], device=dev)}
-    b = bpd_for_variances(bpd_diffusions, tb.model, x0, model_kwargs=kwargs, batch_size=128, generator=g,
-                          progress=True)
+    b = bpd_for_variances(bpd_diffusions, tb.network(), x0, model_kwargs=kwargs, batch_size=128, generator=g,
+                          progress=True, progress_dir=folder / PROGRESS)
     return {f"{name}.{k}": b[name][k].cpu().numpy() for name in b for k in ("total_bpd", "prior_bpd", "vb")}
 
 
 r = art.cached({"model": tb.entry.key, "variances": BPD_VARIANCES, "n": bpd_images, "seed": seed,
-                "y": bpd_kwargs, "data": report.data_digest(x_test)}, bpd_work, kind="bpd",
-               modules=["diffusion.gaussian_diffusion", "diffusion.likelihood"]).result
+                "y": bpd_kwargs, "data": report.data_digest(x_test)} | ({"compiled": True} if tb.compile_sampling else {}),
+               bpd_work, kind="bpd", modules=["diffusion.gaussian_diffusion", "diffusion.likelihood"]).result
 bres = {}
 for name in BPD_VARIANCES:
     total, prior, vb = r[f"{name}.total_bpd"], r[f"{name}.prior_bpd"], r[f"{name}.vb"]

@@ -74,3 +74,42 @@ def test_refuses_diffusions_that_cannot_share_x_t():
         bpd_for_variances({}, _model([]), torch.zeros(1, 1, 2, 2))
     with pytest.raises(ValueError, match="batch_size"):
         bpd_for_variances(_diffusions(), _model([]), torch.zeros(1, 1, 2, 2), batch_size=0)
+
+
+def test_an_interrupted_bound_resumes_after_its_last_saved_chunk_with_the_uninterrupted_result(tmp_path):
+    """With progress_dir each finished chunk of images is saved with the generator's state after it; a rerun
+    computes only the chunks not saved (a damaged one again) and returns exactly what one call returns."""
+    x0 = torch.randint(0, 256, (7, 1, 4, 4), generator=torch.Generator().manual_seed(0)).float() / 127.5 - 1
+    y = torch.arange(7)
+    whole = bpd_for_variances(_diffusions(), _model([]), x0, model_kwargs={"y": y}, batch_size=3,
+                              generator=torch.Generator().manual_seed(7))
+
+    class Interrupted(Exception):
+        pass
+
+    calls = []
+
+    def dies_in_the_third_chunk(x, t, y=None):
+        if len(calls) == 2 * T + 3:
+            raise Interrupted
+        return _model(calls)(x, t, y)
+
+    with pytest.raises(Interrupted):
+        bpd_for_variances(_diffusions(), dies_in_the_third_chunk, x0, model_kwargs={"y": y}, batch_size=3,
+                          generator=torch.Generator().manual_seed(7), progress_dir=tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("chunk_*.pt")) == ["chunk_0000000.pt", "chunk_0000003.pt"]
+    calls = []
+    resumed = bpd_for_variances(_diffusions(), _model(calls), x0, model_kwargs={"y": y}, batch_size=3,
+                                generator=torch.Generator().manual_seed(7), progress_dir=tmp_path)
+    assert calls == [1] * T  # only the last chunk (one image) was computed
+    for name in whole:
+        for key in ("total_bpd", "prior_bpd", "vb"):
+            torch.testing.assert_close(resumed[name][key], whole[name][key], rtol=0, atol=0)
+    (tmp_path / "chunk_0000003.pt").write_bytes(b"truncated")  # a damaged chunk and those after it: again
+    calls = []
+    again = bpd_for_variances(_diffusions(), _model(calls), x0, model_kwargs={"y": y}, batch_size=3,
+                              generator=torch.Generator().manual_seed(7), progress_dir=tmp_path)
+    assert calls == [3] * T + [1] * T
+    torch.testing.assert_close(again["small"]["total_bpd"], whole["small"]["total_bpd"], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="progress_dir needs a generator"):
+        bpd_for_variances(_diffusions(), _model([]), x0, progress_dir=tmp_path)
