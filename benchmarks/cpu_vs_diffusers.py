@@ -10,7 +10,7 @@ rounds, each timing every variant, the order rotated) and the median round is re
 machine's speed affects all variants alike. The outputs are checked against each other (same weights,
 converted with ``diffusion.convert.to_diffusers``). Nothing else should run on the machine meanwhile.
 
-    .venv/bin/python benchmarks/cpu_vs_diffusers.py [--ch 32] [--batch 128] [--out benchmarks/results/<date>-cpu-vs-diffusers.json]
+    .venv/bin/python benchmarks/cpu_vs_diffusers.py [--ch 32] [--batch 128] [--layouts] [--out benchmarks/results/<date>-cpu-vs-diffusers.json]
 """
 from __future__ import annotations
 
@@ -33,14 +33,29 @@ from diffusion.convert import to_diffusers  # noqa: E402
 from diffusion.unet import UNet  # noqa: E402
 
 
+class ChannelsLastInput(torch.nn.Module):
+    """``net`` (channels_last weights) called with its image input in channels_last too."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, t):
+        return self.net(x.contiguous(memory_format=torch.channels_last), t)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ch", type=int, default=32, help="base channels (32: the cpu profile; 128: table 2)")
     p.add_argument("--size", type=int, default=32, help="image size (32: CIFAR-10, 64: CelebA)")
+    p.add_argument("--norm-groups", type=int, default=8, help="GroupNorm groups (8: the cpu profile)")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--inner", type=int, default=2, help="forward passes per timed round")
-    p.add_argument("--no-compile", action="store_true", help="leave out the compiled variant")
+    p.add_argument("--no-compile", action="store_true", help="leave out the compiled variants")
+    p.add_argument("--layouts", action="store_true",
+                   help="also ours in channels_last, and compiled with inductor's freezing (weights as constants, "
+                        "prepacked for oneDNN), with and without channels_last")
     p.add_argument("--out", default=None, help="JSON output path")
     a = p.parse_args(argv)
     diffusers, why = tp.import_diffusers()
@@ -49,7 +64,7 @@ def main(argv=None) -> int:
         return 2
     torch.manual_seed(0)
     ours = UNet(in_channels=3, ch=a.ch, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1,
-                image_size=a.size)
+                image_size=a.size, norm_groups=a.norm_groups)
     tp.randomize_zero_init_(ours)
     ours.eval()
     theirs = tp.DiffusersEps(to_diffusers(ours)).eval()
@@ -59,6 +74,15 @@ def main(argv=None) -> int:
     variants = {"diffusers_eager": theirs, "ours_eager": ours}
     if not a.no_compile:
         variants["ours_compiled"] = torch.compile(ours)
+    if a.layouts:
+        import copy
+
+        ours_cl = copy.deepcopy(ours).to(memory_format=torch.channels_last)
+        variants["ours_cl_eager"] = ChannelsLastInput(ours_cl)
+        if not a.no_compile:
+            variants["ours_cl_compiled"] = ChannelsLastInput(torch.compile(ours_cl))
+            variants["ours_frozen"] = torch.compile(copy.deepcopy(ours), options={"freezing": True})
+            variants["ours_cl_frozen"] = ChannelsLastInput(torch.compile(copy.deepcopy(ours_cl), options={"freezing": True}))
     first, outputs = {}, {}
     with torch.no_grad():
         for name, net in variants.items():
@@ -73,7 +97,7 @@ def main(argv=None) -> int:
     for n in variants:
         print(f"{n:16s} {rate[n]:8.1f} image-calls/s  x{ratio[n]:.2f} vs diffusers eager  "
               f"(first call {first[n]:.1f} s; output vs ours eager: rel. L2 {checks[n]:.1e})")
-    result = {"ch": a.ch, "size": a.size, "batch": a.batch, "repeats": a.repeats, "inner": a.inner,
+    result = {"ch": a.ch, "size": a.size, "norm_groups": a.norm_groups, "batch": a.batch, "repeats": a.repeats, "inner": a.inner,
               "torch": torch.__version__, "diffusers": diffusers.__version__, "threads": torch.get_num_threads(),
               "cpu": platform.processor() or platform.machine(), "git_commit": tp.git_commit(),
               "ms_per_call": ms, "image_calls_per_s": rate, "ratio_to_diffusers_eager": ratio,
