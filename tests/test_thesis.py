@@ -242,7 +242,7 @@ def test_withdrawn_numbers_of_a_seed_run_count_as_not_measured(tmp_path):
     main = {"BpdSmallMinusLargeDiff": "-0.1062 [-0.1154, -0.0973]", "BpdFixedLarge": "3.52",
             "AccDiffThreeOne": "28.0 [23.8, 32.2]"}
     assert "BpdFixedLarge" in build_thesis.seed_runs(tmp_path / "cpu")[1]
-    withdrawal = {"numbers": ["BpdSmallMinusLargeDiff", "BpdFixedLarge"], "reason": "dropout on", "reason_zh": "误开 dropout"}
+    withdrawal = {"numbers": ["BpdSmallMinusLargeDiff", "BpdFixedLarge"], "reason": "dropout on", "reason_zh": "误开 dropout_p，10% 的输出"}
     (seeds / "train-seed-1.withdrawn.json").write_text(json.dumps(withdrawal), encoding="utf-8")
     runs = build_thesis.seed_runs(tmp_path / "cpu")
     assert runs == {1: {"AccDiffThreeOne": "25.0 [21.0, 29.0]"}}
@@ -251,7 +251,7 @@ def test_withdrawn_numbers_of_a_seed_run_count_as_not_measured(tmp_path):
     assert "\\newcommand{\\SeedFindingsUnchecked}{\\FindingName{BpdSmallMinusLargeDiff}}" in lines
     assert "\\newcommand{\\SeedFindingsLostCount}{0}" in lines and "\\newcommand{\\SeedDiffCount}{1}" in lines
     assert not any("seedvalue@BpdFixedLarge" in line for line in lines)
-    assert "\\newcommand{\\SeedWithdrawnCount}{2}" in lines and "\\newcommand{\\SeedWithdrawnReason}{误开 dropout}" in lines
+    assert "\\newcommand{\\SeedWithdrawnCount}{2}" in lines and "\\newcommand{\\SeedWithdrawnReason}{误开 dropout\\_p，10\\% 的输出}" in lines  # as TeX text
     (seeds / "train-seed-1.withdrawn.json").write_text(json.dumps(withdrawal | {"numbers": ["BpdFixedLarg"]}))
     with pytest.raises(build_thesis.BuildError, match="does not define: BpdFixedLarg"):  # a typo withdraws nothing
         build_thesis.seed_runs(tmp_path / "cpu")

@@ -367,19 +367,19 @@ def withdrawn_numbers(fig_dir: Path) -> dict[int, dict]:
         out[int(m.group(1))] = data
     return out
 
-def seed_runs(fig_dir: Path) -> dict[int, dict[str, str]]:
+def seed_runs(fig_dir: Path, withdrawn: dict[int, dict] | None = None) -> dict[int, dict[str, str]]:
     """{training seed: macros} of the recorded regenerations under ``fig_dir/seeds`` (see :data:`SEEDS_DIR`),
-    less the numbers withdrawn from them (:func:`withdrawn_numbers`)."""
+    less the numbers withdrawn from them (``withdrawn``, else read by :func:`withdrawn_numbers`)."""
     runs = {}
-    withdrawn = withdrawn_numbers(fig_dir)
+    withdrawn = withdrawn_numbers(fig_dir) if withdrawn is None else withdrawn
     for path in sorted((fig_dir / SEEDS_DIR).glob("train-seed-*.tex")):
         m = re.fullmatch(r"train-seed-(\d+)", path.stem)
         if m:
             gone = set(withdrawn.get(int(m.group(1)), {}).get("numbers", ()))
             numbers = defined_numbers(path)
-            if gone - set(numbers):
+            if unknown := gone - set(numbers):
                 raise BuildError(f"{path.stem}{WITHDRAWN_SUFFIX} withdraws numbers {path.name} does not define: "
-                                 f"{', '.join(sorted(gone - set(numbers)))}")
+                                 f"{', '.join(sorted(unknown))}")
             runs[int(m.group(1))] = {k: v for k, v in numbers.items() if k not in gone}
     return runs
 
@@ -451,7 +451,7 @@ def finding_macros(defined: dict[str, str], runs: dict[int, dict[str, str]],
     gone = [n for w in (withdrawn or {}).values() for n in w["numbers"]]
     lines.append(f"\\newcommand{{\\SeedWithdrawnCount}}{{{len(gone)}}}")
     reason = next((w["reason_zh"] for w in (withdrawn or {}).values()), "")
-    lines.append(f"\\newcommand{{\\SeedWithdrawnReason}}{{{reason}}}")
+    lines.append(f"\\newcommand{{\\SeedWithdrawnReason}}{{{tex_escape(reason)}}}")
     lines.append(f"\\newcommand{{\\SeedRunCount}}{{{len(runs)}}}")
     lines.append(f"\\newcommand{{\\SeedRunList}}{{{'、'.join(str(seed) for seed in runs) or '—'}}}")
     lines.append(f"\\newcommand{{\\IfSeedRuns}}[2]{{{'#1' if runs else '#2'}}}")
@@ -634,7 +634,8 @@ def profile_tex(fig_dir: Path, build_dir: Path, contract, defined: dict[str, str
             lines.append(f"\\expandafter\\def\\csname nbdata@{name}\\endcsname{{{tex_escape(label)}}}")
     lines += comparison_macros(defined)
     lines += guidance_macros(defined)
-    lines += finding_macros(defined, seed_runs(fig_dir), withdrawn_numbers(fig_dir))
+    withdrawn = withdrawn_numbers(fig_dir)
+    lines += finding_macros(defined, seed_runs(fig_dir, withdrawn), withdrawn)
     lines += config_macros(REPO / "configs")
     lines += code_macros(REPO)
     lines.append(f"\\addbibresource{{{tex_path(THESIS_DIR / 'references.bib')}}}")
