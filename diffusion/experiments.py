@@ -32,7 +32,7 @@ from diffusion.checked_compile import CheckedCompile
 from diffusion.report import PROGRESS, Artefacts, CacheEntry, dataset_label_zh, repo_root
 from diffusion.report.cache import code_of
 
-__all__ = ["BOOKKEEPING", "FeatureSpace", "TrainedModel", "device", "generate", "load_data", "load_run_config", "model_spec", "profile_params",
+__all__ = ["BOOKKEEPING", "SAMPLING_BATCH", "FeatureSpace", "TrainedModel", "batch_sizes", "device", "generate", "load_data", "load_run_config", "model_spec", "profile_params",
            "proxy_classifier", "proxy_classifier_inputs", "train_toy", "trained_model", "training_key", "uncond_feature_space", "variant_spec", "with_overrides"]
 
 TRAIN_PRODUCER = "04_training"
@@ -40,6 +40,10 @@ RECIPE = hashlib.sha256(code_of(Path(__file__))).hexdigest()
 """SHA-256 of this file's code (its syntax tree without docstrings, as the cache hashes modules): part of the keys
 of generated samples and of the toy model, whose recipes (sampling batches, the toy's training loop) live here.
 Trained U-Nets are keyed on the training fingerprint instead."""
+SAMPLING_BATCH = 128
+"""Network inputs per call when sampling, where a profile's ``sampling.batch`` does not say: the fastest for the
+MNIST-5k U-Net on the 2-core CPU (``benchmarks/cpu_sampling.py``: 1.1-1.2x batch 256). The cpu profile's U-Nets
+sample faster in smaller batches (``benchmarks/cpu_batch.py``)."""
 STAGE_SAMPLES = 16  # images the trainer samples at each train.sample_every step (EMA weights, fixed noise)
 BOOKKEEPING = ("train.ckpt_every", "train.ckpt_every_minutes", "train.keep_last", "data.root")
 """Settings left out of a trained model's key: when checkpoints are written and kept, and where the data were
@@ -189,14 +193,24 @@ class TrainedModel:
     metrics: list = field(default_factory=list)
     stage_sampler: str = "ddim"     # the sampler of the stage samples (``stage.sampler`` of the spec)
     compile_sampling: bool = False  # sample through ``torch.compile`` (``sampling.compile`` of the spec)
+    sampling_batch: int = SAMPLING_BATCH  # network inputs per call when sampling (``sampling.batch`` of the spec)
     _compiled: dict = field(default_factory=dict, repr=False)
+
+    def images_per_batch(self, guidance_scale: float | None = None, per_call: int | None = None) -> int:
+        """Images sampled together so that each network call holds at most ``per_call`` inputs (default
+        ``sampling_batch``): half as many where classifier-free guidance evaluates both predictions in one pass
+        (:func:`diffusion.guidance.inputs_per_image`)."""
+        from diffusion.guidance import inputs_per_image
+
+        return max(1, (per_call or self.sampling_batch) // inputs_per_image(guidance_scale))
 
     def network(self, use_ema: bool = True) -> torch.nn.Module:
         """What :func:`generate` samples with: the EMA (or raw) weights, through ``torch.compile`` when
         ``compile_sampling`` (compiled once per process, on first use; :class:`diffusion.checked_compile.CheckedCompile`
         keeps a batch shape on the compiled route only where it agrees with the eager network). On a 2-core CPU the compiled U-Net
         samples 1.45x as fast as diffusers' eager ``UNet2DModel`` and our eager one 0.98x
-        (``benchmarks/cpu_vs_diffusers.py``); compiling costs about half a minute per batch shape."""
+        (``benchmarks/cpu_vs_diffusers.py``); compiling costs 35-50 s per batch shape on a 2-core AMD EPYC
+        (``benchmarks/cpu_batch.py``), which is why :func:`generate` splits a set into batches of one size."""
         net = self.model if use_ema else self.raw_model
         if not self.compile_sampling:
             return net
@@ -289,21 +303,27 @@ def trained_model(art: Artefacts, spec: dict, which: str, dev: torch.device | No
     metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()] \
         if metrics_path.is_file() else []
     null_class = model.num_classes if cfg.model.class_cond else None
+    sampling = spec.get("sampling") or {}
+    batch = sampling.get("batch", SAMPLING_BATCH)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"sampling.batch of the {which} model must be a positive integer (network inputs per call "
+                         f"when sampling), got {batch!r}")
     return TrainedModel(which, cfg, model, raw, build_diffusion(cfg), data, null_class, entry, entry.result, metrics,
-                        stage_sampler=stage_sampler,
-                        compile_sampling=bool((spec.get("sampling") or {}).get("compile", False)))
+                        stage_sampler=stage_sampler, compile_sampling=bool(sampling.get("compile", False)),
+                        sampling_batch=batch)
 
 
 @torch.no_grad()
 def generate(art: Artefacts, tm: TrainedModel, n: int, *, sampler: str = "ddim", steps: int | None = None,
-             eta: float = 0.0, guidance_scale: float | None = None, y=None, seed: int = 0, batch_size: int = 128,
+             eta: float = 0.0, guidance_scale: float | None = None, y=None, seed: int = 0, batch_size: int | None = None,
              use_ema: bool = True, var_type: str | None = None, tag: str = "samples",
              producer: str | None = None) -> dict:
     """``n`` samples of ``tm`` as uint8 N×C×H×W (``images``), their labels (``labels``, −1 if none) and the
     sampling wall time per image (``seconds_per_image``, summed over the runs that computed them), cached under
     ``tag`` keyed by the model's cache key and every sampling argument; ``producer`` names the notebook
-    whose samples these are when another notebook reuses them. The default batch of 128 is the fastest
-    on the 2-core CPU for the MNIST-5k U-Net (``benchmarks/cpu_sampling.py``: 1.1-1.2x batch 256).
+    whose samples these are when another notebook reuses them. ``batch_size``: network inputs per call (default
+    the profile's, ``tm.sampling_batch``); the images go in :func:`batch_sizes` batches of at most
+    ``tm.images_per_batch``, half of it under classifier-free guidance.
 
     Each finished batch is saved with the generator's state after it (:func:`_batch_path`), so an interrupted
     call resumes after its last finished batch and returns exactly the images of an uninterrupted one."""
@@ -312,8 +332,10 @@ def generate(art: Artefacts, tm: TrainedModel, n: int, *, sampler: str = "ddim",
 
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    per_batch = tm.images_per_batch(guidance_scale, batch_size)
+    sizes = batch_sizes(n, per_batch)
     labels = None if y is None else np.asarray(y, dtype=np.int64).reshape(-1)
     if labels is not None and labels.shape[0] != n:
         raise ValueError(f"y must hold n={n} labels, got {labels.shape[0]}")
@@ -324,7 +346,7 @@ def generate(art: Artefacts, tm: TrainedModel, n: int, *, sampler: str = "ddim",
         diffusion = GaussianDiffusion(tm.diffusion.betas, tm.diffusion.model_mean_type, var_type, tm.diffusion.loss_type)
     key = {"recipe": RECIPE, "model": tm.entry.key, "n": n, "sampler": sampler, "steps": steps, "eta": eta, "w": guidance_scale,
            "y": None if labels is None else labels.tolist(), "seed": seed, "ema": use_ema, "var": var_type,
-           "tag": tag, "batch": batch_size} | ({"compiled": True} if tm.compile_sampling else {})
+           "tag": tag, "batch": per_batch} | ({"compiled": True} if tm.compile_sampling else {})
 
     def work(folder: Path) -> dict:
         from diffusion.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -335,8 +357,7 @@ def generate(art: Artefacts, tm: TrainedModel, n: int, *, sampler: str = "ddim",
         gen = torch.Generator(device=dev).manual_seed(seed)
         c, s = plain.in_channels, plain.image_size
         out, seconds, resuming = [], 0.0, True
-        for lo in range(0, n, batch_size):
-            hi = min(n, lo + batch_size)
+        for lo, hi in zip(np.cumsum([0, *sizes[:-1]]).tolist(), np.cumsum(sizes).tolist()):
             path = _batch_path(folder, lo)
             if resuming and path.is_file():
                 try:
@@ -364,6 +385,17 @@ def generate(art: Artefacts, tm: TrainedModel, n: int, *, sampler: str = "ddim",
 
     return art.cached(key, work, kind=tag, producer=producer,
                       modules=["diffusion.samplers", "diffusion.metrics.images"]).result
+
+
+def batch_sizes(n: int, at_most: int) -> list[int]:
+    """``n`` images in the fewest batches of at most ``at_most``, of one size where it divides ``n`` and otherwise
+    of two sizes one apart, larger first: each new batch shape costs a compiled network a compilation (35-50 s
+    on a 2-core CPU), so 500 images at 128 go as 4 × 125, not 3 × 128 + 116."""
+    if not isinstance(n, int) or n < 1 or not isinstance(at_most, int) or at_most < 1:
+        raise ValueError(f"n and at_most must be positive integers, got {n!r} and {at_most!r}")
+    count = -(-n // at_most)
+    size, larger = divmod(n, count)
+    return [size + 1] * larger + [size] * (count - larger)
 
 
 def _batch_path(folder: Path, first: int) -> Path:

@@ -4,6 +4,13 @@ from __future__ import annotations
 import torch
 
 
+def inputs_per_image(guidance_scale: float | None) -> int:
+    """Network inputs per image and sampler step: 2 where eq. (18) needs both predictions (w other than 0 and 1,
+    computed by :class:`ClassifierFreeGuidance` as one pass of twice the batch), else 1 (no guidance, or w = 1, the
+    plain conditional model, or w = 0, the unconditional one)."""
+    return 1 if guidance_scale is None or float(guidance_scale) in (0.0, 1.0) else 2
+
+
 class ClassifierFreeGuidance:
     """A model callable that applies eq. (18) with guidance scale ``guidance_scale`` = w.
 
@@ -24,10 +31,8 @@ class ClassifierFreeGuidance:
             raise ValueError("classifier-free guidance needs class labels y")
         w = self.guidance_scale
         null = torch.full_like(y, self.null_class)
-        if w == 1.0:
-            return self.model(x, t, y=y, **kwargs)
-        if w == 0.0:
-            return self.model(x, t, y=null, **kwargs)
+        if inputs_per_image(w) == 1:  # w = 1: the conditional model; w = 0: the unconditional one
+            return self.model(x, t, y=y if w == 1.0 else null, **kwargs)
         out = self.model(torch.cat([x, x]), torch.cat([t, t]), y=torch.cat([y, null]), **kwargs)
         cond, uncond = out.chunk(2)
         return uncond + w * (cond - uncond)

@@ -22,19 +22,22 @@ import torch
 __all__ = ["seconds_per_call"]
 
 
-def seconds_per_call(tm, samplers: Sequence[str], *, batch_size: int = 128, probe_steps: int = 10, rounds: int = 3,
+def seconds_per_call(tm, samplers: Sequence[str], *, batch_size: int | None = None, probe_steps: int = 10, rounds: int = 3,
                      guidance_scale: float | None = None, use_ema: bool = True, seed: int = 0) -> dict[str, float]:
     """Seconds per image per network call of each of ``samplers`` on the trained model ``tm``
     (:class:`diffusion.experiments.TrainedModel`), sampled as :func:`diffusion.experiments.generate` samples
     it (the same network, compiled or not, the same guidance; a conditional model gets labels cycling through
     its classes): after one untimed warm-up run per sampler, ``rounds`` interleaved rounds of one timed run per
-    sampler over ``probe_steps`` steps on a batch of ``batch_size``; each sampler's best run divided by
-    ``probe_steps × batch_size``. Returns ``{sampler: seconds}``."""
+    sampler over ``probe_steps`` steps on a batch of ``batch_size`` images (default: the batch ``generate`` samples
+    in, ``tm.images_per_batch(guidance_scale)``); each sampler's best run divided by ``probe_steps × batch_size``.
+    Returns ``{sampler: seconds}``."""
     from diffusion.samplers import sample
 
     samplers = [samplers] if isinstance(samplers, str) else list(samplers)
     if not samplers or not all(isinstance(s, str) for s in samplers) or len(set(samplers)) != len(samplers):
         raise ValueError(f"samplers must be distinct sampler names, got {samplers!r}")
+    if batch_size is None:
+        batch_size = tm.images_per_batch(guidance_scale)
     for name, value, low in (("batch_size", batch_size, 1), ("probe_steps", probe_steps, 1), ("rounds", rounds, 1)):
         if not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")

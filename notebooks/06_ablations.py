@@ -137,7 +137,8 @@ def difference(a: dict, b: dict, metric: str = "cfd") -> dict:
 # (their 1000-step cost would buy little: both follow the same deterministic trajectory ever more exactly).
 # The time per image is S network calls times the time of one call per image, measured here apart from the
 # samples (`diffusion.timing.seconds_per_call`: after a warm-up, three rounds that each time a 10-step run of
-# every sampler on a batch of 128, interleaved so that the machine's drifting speed falls on all samplers alike;
+# every sampler on a batch of the size the samples are drawn in (the profile's `sampling.batch`), interleaved so
+# that the machine's drifting speed falls on all samplers alike;
 # each sampler's best run): a cached sampling run's wall time holds the network's compilation and whatever else
 # the machine ran.
 
@@ -529,18 +530,19 @@ bpd_diffusions = {name: GaussianDiffusion(tb.diffusion.betas, tb.diffusion.model
 
 def bpd_work(folder):
     """One network call per image and term, shared by the three variances (diffusion.likelihood), through the
-    network the samples were drawn with (compiled where the profile compiles); each finished chunk of images is
-    kept, so an interrupted run resumes."""
+    network the samples were drawn with (compiled where the profile compiles), in the batch they were drawn in;
+    each finished chunk of images is kept, so an interrupted run resumes."""
     dev = next(tb.model.parameters()).device
     x0 = x_test.to(dev).float() / 127.5 - 1
     g = torch.Generator(device=dev).manual_seed(seed)
     kwargs = None if bpd_kwargs is None else {"y": torch.full((len(x0),), bpd_kwargs["y"], device=dev)}
-    b = bpd_for_variances(bpd_diffusions, tb.network(), x0, model_kwargs=kwargs, batch_size=128, generator=g,
+    b = bpd_for_variances(bpd_diffusions, tb.network(), x0, model_kwargs=kwargs, batch_size=bpd_batch, generator=g,
                           progress=True, progress_dir=folder / PROGRESS)
     return {f"{name}.{k}": b[name][k].cpu().numpy() for name in b for k in ("total_bpd", "prior_bpd", "vb")}
 
 
-r = art.cached({"model": tb.entry.key, "variances": BPD_VARIANCES, "n": bpd_images, "seed": seed,
+bpd_batch = tb.images_per_batch()  # the noise of each chunk of images depends on the chunks: keyed
+r = art.cached({"model": tb.entry.key, "variances": BPD_VARIANCES, "n": bpd_images, "seed": seed, "batch": bpd_batch,
                 "y": bpd_kwargs, "data": report.data_digest(x_test)} | ({"compiled": True} if tb.compile_sampling else {}),
                bpd_work, kind="bpd", modules=["diffusion.gaussian_diffusion", "diffusion.likelihood"]).result
 bres = {}

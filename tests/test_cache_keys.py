@@ -94,11 +94,12 @@ def test_trained_model_key_covers_config_data_and_torch(monkeypatch):
 def test_generated_set_key_covers_the_sampler_code(pkg):
     rec = KeyRecorder()
     tm = type("TM", (), {"diffusion": None, "cfg": None, "entry": type("E", (), {"key": "model-key"})(),
-                         "compile_sampling": False})()
+                         "compile_sampling": False, "images_per_batch": lambda self, w=None, per_call=None: 2})()
     with pytest.raises(_Captured):
         experiments.generate(rec, tm, 4, sampler="ddim", steps=3)
     parts, producer, modules, _ = rec.calls[0]
     assert parts["model"] == "model-key" and parts["steps"] == 3 and parts["sampler"] == "ddim"
+    assert parts["batch"] == 2  # images per batch: with the splitting rule (RECIPE), which noise each image gets
     before = report_cache.cache_key(parts, "05_guidance", modules)[0]
     for rel in ("samplers.py", "guidance.py", "metrics/images.py"):
         edit(pkg, rel)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion.guidance import ClassifierFreeGuidance
+from diffusion.guidance import ClassifierFreeGuidance, inputs_per_image
 from diffusion.schedules import cosine_alpha_bar, cosine_beta_schedule, linear_beta_schedule, quadratic_beta_schedule
 
 
@@ -35,6 +35,17 @@ def test_guidance_passes_and_keyword_arguments(w):
         assert net.calls == [(3, [3, 3, 3])]
     else:  # one batched pass of size 2B: conditional half, then null half
         assert net.calls == [(6, [0, 1, 2, 3, 3, 3])]
+
+
+@pytest.mark.parametrize("w", [None, 0.0, 1.0, 0, 1, 0.5, 2.5, 3.0, -1.0])
+def test_inputs_per_image_is_what_guidance_passes_the_network(w):
+    """The batch ``experiments.generate`` samples in is halved exactly where a call holds twice the images."""
+    if w is None:
+        assert inputs_per_image(w) == 1  # no guidance: the model itself
+        return
+    net = Net()
+    ClassifierFreeGuidance(net, w, null_class=3)(torch.randn(3, 2), torch.tensor([4, 5, 6]), y=torch.tensor([0, 1, 2]))
+    assert [size for size, _ in net.calls] == [3 * inputs_per_image(w)]
 
 
 def test_guidance_validation_messages():

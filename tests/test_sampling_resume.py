@@ -107,7 +107,7 @@ def test_a_damaged_kept_batch_is_sampled_again(model, run_dir, tmp_path, monkeyp
     assert again.calls == 2 and np.array_equal(resumed["images"], whole["images"])
 
 
-@pytest.mark.parametrize("batch_size", [0, 2.0, None])
+@pytest.mark.parametrize("batch_size", [0, 2.0, True])
 def test_generate_checks_its_batch_size(batch_size):
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         experiments.generate(None, None, 4, batch_size=batch_size)

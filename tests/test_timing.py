@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from diffusion import timing
+from diffusion.experiments import TrainedModel
 from diffusion.gaussian_diffusion import create_diffusion
 
 PER_IMAGE = 1e-3   # seconds the fake network "takes" per image per call
@@ -38,12 +39,31 @@ class FakeNet(torch.nn.Module):
         return torch.zeros_like(x)
 
 
-def fake_model(clock, class_cond=True):
+def fake_model(clock, class_cond=True, sampling_batch=6):
     net = FakeNet(clock, class_cond)
     tm = SimpleNamespace(diffusion=create_diffusion("linear", 100), network=lambda use_ema=True: net, model=net,
                          raw_model=net, cfg=SimpleNamespace(model=SimpleNamespace(class_cond=class_cond)),
-                         data=SimpleNamespace(num_classes=3), null_class=3 if class_cond else None)
+                         data=SimpleNamespace(num_classes=3), null_class=3 if class_cond else None,
+                         sampling_batch=sampling_batch)
+    tm.images_per_batch = lambda guidance_scale=None, per_call=None: TrainedModel.images_per_batch(
+        tm, guidance_scale, per_call)
     return tm, net
+
+
+@pytest.mark.parametrize("w, per_call, batch", [(None, 6, 6), (1.0, 6, 6), (0.0, 6, 6), (3.0, 12, 6)])
+def test_by_default_the_batch_generate_samples_in(monkeypatch, w, per_call, batch):
+    """Timed at the profile's batch (``sampling.batch`` inputs per call; under guidance with 1 < w, half as many
+    images in calls of twice their number), as the samples are drawn."""
+    clock = Clock()
+    monkeypatch.setattr(timing.time, "perf_counter", clock)
+    tm, net = fake_model(clock, sampling_batch=12 if w == 3.0 else 6)
+    sizes = []
+    forward = net.forward
+    net.forward = lambda x, t, y=None: (sizes.append(x.shape[0]), forward(x, t, y=y))[1]
+    got = timing.seconds_per_call(tm, ["ddim"], probe_steps=2, rounds=1, guidance_scale=w)
+    assert set(sizes) == {per_call}
+    # per image and sampler step: PER_IMAGE per network input, two inputs per image under guidance
+    assert got == {"ddim": pytest.approx(PER_IMAGE * per_call / batch)}
 
 
 @pytest.mark.parametrize("sampler", ["ancestral", "ddim", "dpmpp2m"])
