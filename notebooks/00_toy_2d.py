@@ -14,7 +14,7 @@
 # # 00 · A diffusion model in two dimensions
 #
 # **Produces:** `fig:toy2d` (二维瑞士卷数据上的前向与逆向轨迹).
-# **Runs:** about 20 s with profile quick on Intel(R) Xeon(R) Processor (2 cores); on a GPU: not measured.
+# **Runs:** about 30 s with profile quick on AMD EPYC (2 cores); on a GPU: not measured.
 # **Cache:** reuses the trained ε-MLP from `cache/` when the inputs are unchanged (computed and stored
 # otherwise).
 #

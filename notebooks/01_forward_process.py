@@ -14,7 +14,7 @@
 # # 01 · The forward process
 #
 # **Produces:** `fig:forward-process` (前向扩散过程示意), `fig:schedules` (三种方差调度的比较).
-# **Runs:** under 10 s with profile quick on Intel(R) Xeon(R) Processor (2 cores); on a GPU: not measured.
+# **Runs:** under 10 s with profile quick on AMD EPYC (2 cores); on a GPU: not measured.
 # **Cache:** none; everything is computed on each run.
 #
 # The forward (diffusion) process adds Gaussian noise in T small steps,

@@ -14,7 +14,7 @@
 # # 02 · The variational bound, step by step (sections 2.2–2.3)
 #
 # **Produces:** `fig:kl-mc` (KL 散度闭式与蒙特卡洛估计的对比), `fig:elbo-weights` (变分界权重与简化损失权重的比较).
-# **Runs:** under 10 s with profile quick on Intel(R) Xeon(R) Processor (2 cores); on a GPU: not measured.
+# **Runs:** under 10 s with profile quick on AMD EPYC (2 cores); on a GPU: not measured.
 # **Cache:** none; everything is computed on each run.
 #
 # Each step of the derivation is checked numerically with the package's own functions:

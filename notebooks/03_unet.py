@@ -15,7 +15,7 @@
 #
 # **Produces:** `tab:unet-arch` (U-Net 各层级的结构与参数量), `fig:time-embedding` (正弦时间步嵌入的热力图), `tab:hparams`
 # (网络结构与扩散过程参数).
-# **Runs:** under 10 s with profile quick on Intel(R) Xeon(R) Processor (2 cores); on a GPU: not measured.
+# **Runs:** under 10 s with profile quick on AMD EPYC (2 cores); on a GPU: not measured.
 # **Cache:** reuses the proxy classifier from `cache/` when the inputs are unchanged (computed and stored
 # otherwise).
 #

@@ -16,7 +16,7 @@
 # **Produces:** `fig:loss-curve` (训练损失曲线), `fig:training-stages` (不同训练阶段的样本), `fig:quality-vs-steps`
 # (样本质量随训练步数的变化), `fig:uncond-samples` (无条件生成样本), `fig:ema-vs-raw` (EMA 参数与原始参数的样本对比), `tab:environment`
 # (实验软硬件环境), `tab:training-summary` (训练的模型与设计).
-# **Runs:** about 9 min with profile quick on Intel(R) Xeon(R) Processor (2 cores); on a GPU: not measured.
+# **Runs:** about 6 min with profile quick on AMD EPYC (2 cores); on a GPU: not measured.
 # **Cache:** reuses its trained U-Nets, the proxy classifier, generated samples from `cache/` when the inputs
 # are unchanged (computed and stored otherwise).
 #

@@ -15,7 +15,7 @@
 #
 # **Produces:** `tab:guidance` (不同引导尺度下的指标), `fig:guidance-sweep` (引导尺度扫描), `fig:cond-grid` (类别条件生成样本),
 # `fig:guidance-samples` (同一类别在不同引导尺度下的样本).
-# **Runs:** about 2 min with profile quick on Intel(R) Xeon(R) Processor (2 cores); on a GPU: not measured.
+# **Runs:** about 60 s with profile quick on AMD EPYC (2 cores); on a GPU: not measured.
 # **Cache:** reuses 04_training's trained U-Nets (trained here if 04 has not run yet), the proxy classifier,
 # generated samples from `cache/` when the inputs are unchanged (computed and stored otherwise).
 #

@@ -18,7 +18,7 @@
 # `tab:width-depth` (网络宽度与深度的消融), `fig:width-depth-samples` (宽度与深度变体的样本), `tab:uncond-quality` (无条件模型的 FD 与
 # KID), `fig:memorisation` (样本与留出图像到最近训练图像的距离), `fig:closest-pairs` (距离最近的样本与训练图像), `fig:nearest-neighbours`
 # (生成样本与训练集最近邻), `tab:bpd` (逐维比特数), `tab:metrics-summary` (评价指标汇总).
-# **Runs:** about 7 min with profile quick on Intel(R) Xeon(R) Processor (2 cores); on a GPU: not measured.
+# **Runs:** about 6 min with profile quick on AMD EPYC (2 cores); on a GPU: not measured.
 # **Cache:** reuses 04_training's trained U-Nets (trained here if 04 has not run yet), the proxy classifier,
 # generated samples, intermediate results from `cache/` when the inputs are unchanged (computed and stored
 # otherwise).
