@@ -151,10 +151,10 @@ def test_comparison_words_follow_the_numbers():
     ("-0.20 [-0.30, -0.10]", None, "#2"),
     ("0.10 [-0.10, 0.30]", None, "#3"),
     ("0.20 [0.10, 0.30]", "0.15 [0.02, 0.28]", "#1"),      # held under the second seed
-    ("0.20 [0.10, 0.30]", "0.10 [-0.02, 0.22]", "#3\\SeedLostNote"),  # did not: not a finding, said why
-    ("−0.20 [−0.30, −0.10]", "0.10 [0.02, 0.22]", "#3\\SeedLostNote"),  # opposite signs (with the typographic minus)
+    ("0.20 [0.10, 0.30]", "0.10 [-0.02, 0.22]", "\\FindingNoted{#3}{\\SeedLostNote}"),  # did not: not a finding, said why
+    ("−0.20 [−0.30, −0.10]", "0.10 [0.02, 0.22]", "\\FindingNoted{#3}{\\SeedLostNote}"),  # opposite signs (with the typographic minus)
     ("−0.20 [−0.30, −0.10]", "-0.15 [-0.25, -0.05]", "#2"),  # the typographic minus reads as a minus
-    ("0.20 [0.10, 0.30]", "MISSING", "#3\\SeedUncheckedNote"),  # the other run lacks the number: not checked
+    ("0.20 [0.10, 0.30]", "MISSING", "\\FindingNoted{#3}{\\SeedUncheckedNote}"),  # the other run lacks the number: not checked
     ("0.10 [-0.10, 0.30]", "MISSING", "#3"),
 ])
 def test_findings_hold_in_every_training_seed(tmp_path, main, other, expected):
@@ -223,8 +223,8 @@ def test_seed_findings_lists_read_which_findings_held():
         line for line in lines if "Count}{" in line
                                                                and "SeedFindings" in line]
     # a lost finding reads as "neither", with the note saying why the main run's interval is not a finding
-    assert "\\newcommand{\\FindingStepsDpmVsFullKid}[3]{#3\\SeedLostNote}" in lines
-    assert "\\newcommand{\\FindingDivDiffThreeOne}[3]{#3\\SeedLostNote}" in lines
+    assert "\\newcommand{\\FindingStepsDpmVsFullKid}[3]{\\FindingNoted{#3}{\\SeedLostNote}}" in lines
+    assert "\\newcommand{\\FindingDivDiffThreeOne}[3]{\\FindingNoted{#3}{\\SeedLostNote}}" in lines
     assert "\\newcommand{\\FindingWidthNarrowKid}[3]{#3}" in lines and "\\newcommand{\\FindingAccDiffThreeOne}[3]{#1}" in lines
     alone = build_thesis.finding_macros(main, {})
     assert "\\newcommand{\\FindingStepsDpmVsFullKid}[3]{#1}" in alone
@@ -247,7 +247,7 @@ def test_withdrawn_numbers_of_a_seed_run_count_as_not_measured(tmp_path):
     runs = build_thesis.seed_runs(tmp_path / "cpu")
     assert runs == {1: {"AccDiffThreeOne": "25.0 [21.0, 29.0]"}}
     lines = build_thesis.finding_macros(main, runs, build_thesis.withdrawn_numbers(tmp_path / "cpu"))
-    assert "\\newcommand{\\FindingBpdSmallMinusLarge}[3]{#3\\SeedUncheckedNote}" in lines
+    assert "\\newcommand{\\FindingBpdSmallMinusLarge}[3]{\\FindingNoted{#3}{\\SeedUncheckedNote}}" in lines
     assert "\\newcommand{\\SeedFindingsUnchecked}{\\FindingName{BpdSmallMinusLargeDiff}}" in lines
     assert "\\newcommand{\\SeedFindingsLostCount}{0}" in lines and "\\newcommand{\\SeedDiffCount}{1}" in lines
     assert not any("seedvalue@BpdFixedLarge" in line for line in lines)
@@ -563,3 +563,25 @@ def test_committed_thesis_passes_the_examiner_check(committed_pdf):
     """Every committed profile (quick, which `make all` regenerates; cpu, which `make thesis` prefers)."""
     problems = thesis_check.check(committed_pdf)
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.skipif(shutil.which("xelatex") is None or shutil.which("pdftotext") is None,
+                    reason="xelatex/pdftotext missing (make setup installs them)")
+@pytest.mark.timeout(300)
+def test_seed_note_goes_before_the_closing_punctuation(tmp_path):
+    r"""``\FindingNoted`` (thesis/findings.tex) as xelatex typesets it: the note before a closing 。；.;, after
+    a reading without one, nothing for an empty reading, and a nested note that does not move the outer one."""
+    cases = [r"\FindingNoted{甲。}{（注）}", r"\FindingNoted{乙}{（注）}", r"\FindingNoted{}{（注）}",
+             r"\FindingNoted{丙\FindingNoted{丁。}{（内）}；}{（外）}", r"\FindingNoted{told apart.}{ (n)}"]
+    body = "\n".join(f"[{case}]\\par" for case in cases)
+    (tmp_path / "t.tex").write_text(
+        "\\documentclass{ctexart}\n\\pagestyle{empty}\n\\newcommand{\\SeedRunList}{1}\n"
+        f"\\input{{{(REPO / 'thesis' / 'findings.tex').as_posix()}}}\n"
+        f"\\begin{{document}}\n{body}\n\\end{{document}}\n", encoding="utf-8")
+    proc = subprocess.run(["xelatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    text = subprocess.run(["pdftotext", "-enc", "UTF-8", str(tmp_path / "t.pdf"), "-"], stdout=subprocess.PIPE,
+                          text=True).stdout
+    lines = [re.sub(r"\s+", "", line) for line in text.splitlines() if line.strip()]
+    assert lines[:5] == ["[甲（注）。]", "[乙（注）]", "[]", "[丙丁（内）。（外）；]", "[toldapart(n).]"], lines

@@ -391,10 +391,11 @@ def finding_macros(defined: dict[str, str], runs: dict[int, dict[str, str]],
     ``\Finding<X>{above}{below}{neither}`` expands to ``above`` when the interval lies above 0 in the main run
     and in every recorded regeneration with another training seed (``runs``), to ``below`` when below 0 in all,
     and to ``neither`` otherwise (an interval containing 0 in some run, runs disagreeing, a run without the
-    number, or no interval at all, e.g. "n/a"), followed by ``\SeedLostNote`` (``thesis/findings.tex``) where the
+    number, or no interval at all, e.g. "n/a"), with ``\SeedLostNote`` (``thesis/findings.tex``) where the
     main run's interval excludes 0 and another run's does not, so that the text beside the main run's interval
-    says why it is not a finding, or by ``\SeedUncheckedNote`` where it excludes 0 and another run lacks the
-    number (withdrawn, ``withdrawn``): not checked is not lost; the intervals are read as
+    says why it is not a finding, or ``\SeedUncheckedNote`` where it excludes 0 and another run lacks the
+    number (withdrawn, ``withdrawn``): not checked is not lost; ``\FindingNoted`` puts the note before the
+    reading's closing 。；.; (the English abstract has its own notes); the intervals are read as
     ``tools/reproduce_check.py`` reads them.
     ``\SeedValue{Name}`` is the value of macro ``Name`` in the first other-seed run (``—`` when none),
     ``\SeedShift{Name}`` how far it moved from the main run (other − main, with the main value's decimals; ``—``
@@ -429,7 +430,8 @@ def finding_macros(defined: dict[str, str], runs: dict[int, dict[str, str]],
         elif others and main == "contains" and {"above", "below"} & set(others):
             groups["Gained"].append(name)
         note = ("\\SeedUncheckedNote" if unchecked else "\\SeedLostNote") if excluded and len(sides) > 1 else ""
-        body = "#1" if sides == {"above"} else "#2" if sides == {"below"} else "#3" + note
+        neither = f"\\FindingNoted{{#3}}{{{note}}}" if note else "#3"
+        body = "#1" if sides == {"above"} else "#2" if sides == {"below"} else neither
         lines.append(f"\\newcommand{{\\Finding{name.removesuffix('Diff')}}}[3]{{{body}}}")
     for group, names in groups.items():
         listed = "、".join(f"\\FindingName{{{name}}}" for name in names)
